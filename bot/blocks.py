@@ -1,0 +1,66 @@
+"""Block Kit, built in this one module as plain dicts (no Slack SDK import: the core stays Slack-free).
+
+Limits kept here: at most 50 blocks per message, 3,000 characters per section text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_BLOCKS = 50
+MAX_SECTION = 3000
+
+Block = dict[str, Any]
+
+
+def _clip(text: str, limit: int = MAX_SECTION) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + "\n… (truncated)"
+
+
+def header(text: str) -> Block:
+    return {"type": "header", "text": {"type": "plain_text", "text": _clip(text, 150), "emoji": True}}
+
+
+def section(text: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}
+
+
+def fields(pairs: list[tuple[str, str]]) -> Block:
+    return {"type": "section",
+            "fields": [{"type": "mrkdwn", "text": _clip(f"*{k}*\n{v}", 2000)} for k, v in pairs[:10]]}
+
+
+def context(text: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(text)}]}
+
+
+def divider() -> Block:
+    return {"type": "divider"}
+
+
+def button(label: str, action_id: str, value: str, *, style: str | None = None,
+           confirm: tuple[str, str] | None = None) -> dict[str, Any]:
+    element: dict[str, Any] = {"type": "button", "text": {"type": "plain_text", "text": label[:75]},
+                               "action_id": action_id, "value": value}
+    if style in ("primary", "danger"):
+        element["style"] = style
+    if confirm:
+        element["confirm"] = {"title": {"type": "plain_text", "text": confirm[0][:100]},
+                              "text": {"type": "mrkdwn", "text": confirm[1][:300]},
+                              "confirm": {"type": "plain_text", "text": "Yes"},
+                              "deny": {"type": "plain_text", "text": "Cancel"}}
+    return element
+
+
+def actions(*elements: dict[str, Any], block_id: str | None = None) -> Block:
+    block: Block = {"type": "actions", "elements": list(elements)[:25]}
+    if block_id:
+        block["block_id"] = block_id
+    return block
+
+
+def message(*blocks: Block) -> list[Block]:
+    out = [b for b in blocks if b]
+    if len(out) > MAX_BLOCKS:
+        out = out[: MAX_BLOCKS - 1] + [context(f"… {len(out) - MAX_BLOCKS + 1} more blocks not shown")]
+    return out

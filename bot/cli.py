@@ -1,0 +1,230 @@
+"""`chatops` command line: serve, console, db, audit, config check. Errors, never tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from bot.core.redact import redact_text
+from bot.errors import ChatOpsError, ConfigError
+from bot.settings import Settings
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+class RedactingFormatter(logging.Formatter):
+    def __init__(self, json_lines: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.json_lines = json_lines
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.json_lines:
+            data = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                    "message": record.getMessage()}
+            if record.exc_info:
+                data["exc"] = self.formatException(record.exc_info)
+            return redact_text(json.dumps(data))
+        return redact_text(super().format(record))
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(settings.log_format == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper() if settings.log_level.upper() in logging._nameToLevel else "INFO")
+    for noisy in ("slack_bolt", "slack_sdk", "httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "config", None):
+        overrides["config"] = Path(args.config)
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [f"CHATOPS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(problems, source="settings") from None
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from bot.config import load_config
+
+    settings = load_settings(args)
+    config = load_config(settings.config)
+    print(f"{settings.config}: OK — {len(config.environments)} environment(s) "
+          f"({', '.join(config.environments)}), {len(config.people)} people")
+    for key, value in settings.redacted().items():
+        print(f"  {key} = {value}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bot.container import build
+    from bot.http import create_app
+
+    settings = load_settings(args)
+    setup_logging(settings)
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    problems = []
+    if args.socket_mode:
+        if not settings.slack_app_token:
+            problems.append("CHATOPS_SLACK_APP_TOKEN: required for --socket-mode (xapp-...)")
+    elif not settings.slack_signing_secret:
+        problems.append("CHATOPS_SLACK_SIGNING_SECRET: required to verify Slack requests in HTTP mode")
+    if problems:
+        raise ConfigError(problems, source="settings")
+    container = build(settings)
+    if settings.db_upgrade_on_start:
+        container.db.upgrade()
+    app = create_app(container, socket_mode=args.socket_mode)
+    logging.getLogger(__name__).info("serving on http://%s:%s (socket mode: %s)", host, port, args.socket_mode)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 1, lifespan="on")
+    return EXIT_OK
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from bot.console import run_console
+
+    settings = load_settings(args)
+    setup_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    script = None
+    if args.script:
+        try:
+            script = Path(args.script).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            print(f"error: cannot read script {args.script}: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAIL
+    return run_console(settings, script=script, settle_seconds=args.settle)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from bot.persistence.db import Database
+
+    settings = load_settings(args)
+    db = Database(settings.database_url)
+    if args.db_command == "upgrade":
+        db.upgrade(args.revision)
+        print(f"database at revision {db.current_revision()}")
+    else:
+        current, head = db.current_revision(), db.head_revision()
+        print(f"current {current}, head {head}" + ("" if current == head else " — run `chatops db upgrade`"))
+        return EXIT_OK if current == head else EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bot.persistence import audit
+    from bot.persistence.db import Database
+
+    settings = load_settings(args)
+    db = Database(settings.database_url)
+    if args.audit_command == "verify":
+        with db.read() as session:
+            result = audit.verify(session)
+        if result.ok:
+            print(f"audit chain OK: {result.checked} records verified")
+            return EXIT_OK
+        print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.problem} "
+              f"({result.checked} records verified before it)")
+        return EXIT_FAIL
+    from bot.config import load_config
+    from commands.grammar import ParseContext, user_value, when_value
+
+    actor_ids: tuple[str, ...] = ()
+    try:
+        since = when_value(args.since, None) if args.since else None  # type: ignore[arg-type]
+        until = when_value(args.until, None) if args.until else None  # type: ignore[arg-type]
+        if args.actor:
+            if args.actor[:1] in "UW" and args.actor[1:].isalnum() and args.actor.isupper():
+                actor_ids = (args.actor,)
+            else:
+                actor_ids = (user_value(args.actor, ParseContext(load_config(settings.config))),)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    flt = audit.AuditFilter(since=since, until=until, actor_ids=actor_ids, environment=args.env)
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    try:
+        with db.read() as session:
+            count = audit.export(audit.iter_records(session, flt), args.format, out)
+    finally:
+        if args.output:
+            out.close()
+    print(f"exported {count} records", file=sys.stderr)
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chatops", description="swarm-chatops: operate the Trading Bot Swarm from Slack")
+    p.add_argument("--config", help="YAML config (default: $CHATOPS_CONFIG or chatops.yml)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: $CHATOPS_DATABASE_URL or sqlite:///chatops.db)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the Slack app (HTTP /slack/events, or --socket-mode)")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 3000)")
+    s.add_argument("--socket-mode", action="store_true", help="connect to Slack over Socket Mode")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("console", help="local console: Slack commands and buttons in a terminal")
+    c.add_argument("--script", help="run the lines of FILE, print every message, exit 1 on a failing line")
+    c.add_argument("--settle", type=float, default=10.0, help="seconds to wait for background work per line")
+    c.set_defaults(func=cmd_console)
+
+    d = sub.add_parser("db", help="database migrations")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+    up = dsub.add_parser("upgrade", help="migrate to the newest schema")
+    up.add_argument("revision", nargs="?", default="head")
+    dsub.add_parser("current", help="show the schema revision (exit 1 if not at head)")
+    d.set_defaults(func=cmd_db)
+
+    a = sub.add_parser("audit", help="verify or export the audit log")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    asub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad record")
+    ex = asub.add_parser("export", help="export records as JSON lines or CSV")
+    ex.add_argument("--since", help="ISO time or age (24h, 7d)")
+    ex.add_argument("--until", help="ISO time or age")
+    ex.add_argument("--actor", help="person name or Slack user id")
+    ex.add_argument("--env", help="environment")
+    ex.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    ex.add_argument("--output", "-o", help="file (default: standard output)")
+    a.set_defaults(func=cmd_audit)
+
+    cfg = sub.add_parser("config", help="configuration")
+    csub = cfg.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("check", help="validate settings and the YAML config")
+    cfg.set_defaults(func=cmd_config_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"{exc.source} has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ChatOpsError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

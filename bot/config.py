@@ -1,0 +1,233 @@
+"""The YAML config (`CHATOPS_CONFIG`): people, groups, environments, roles and channels.
+
+Validated with pydantic; every problem is reported as `field.path: message` so that
+`chatops config check` and `chatops serve` can print them all at once, without a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.errors import ConfigError
+
+USER_ID_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SUBTEAM_RE = re.compile(r"^S[A-Z0-9]{2,}$")
+CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")
+
+
+class Role(StrEnum):
+    viewer = "viewer"
+    operator = "operator"
+    deployer = "deployer"
+    approver = "approver"
+    auditor = "auditor"
+    admin = "admin"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channels(_Strict):
+    deploy: str = Field(..., description="Channel id where plans and checklists are posted")
+    incident: str | None = Field(None, description="Channel id for alerts and rollbacks")
+
+    @field_validator("deploy", "incident")
+    @classmethod
+    def _channel_id(cls, value: str | None) -> str | None:
+        if value is not None and not CHANNEL_RE.match(value):
+            raise ValueError(f"{value!r} is not a Slack channel id (like C0123ABC)")
+        return value
+
+
+class KubernetesTarget(_Strict):
+    """How to reach the cluster. Absent from an environment: the simulated cluster is used."""
+
+    in_cluster: bool = False
+    kubeconfig: str | None = None
+    context: str | None = None
+    host: str | None = None
+
+
+class PrometheusTarget(_Strict):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class TradingApiTarget(_Strict):
+    base_url: str
+    api_key_env: str | None = Field(None, description="Name of the env var holding the admin API key")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class Environment(_Strict):
+    description: str = ""
+    namespace: str
+    deployment: str = "trading-bot-swarm"
+    container: str = "trading-bot-swarm"
+    image: str = Field(..., description="Image repository, the version is its tag")
+    allowed_tags: str = Field(r"^v\d+\.\d+(\.\d+)?(-rc\.\d+)?$", description="Regex a version must match")
+    channels: Channels
+    approvals_required: int = Field(0, ge=0, le=10)
+    roles: dict[Role, list[str]] = Field(default_factory=dict)
+    kubernetes: KubernetesTarget | None = None
+    prometheus: PrometheusTarget | None = None
+    trading_api: TradingApiTarget | None = None
+
+    @field_validator("allowed_tags")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    def tag_allowed(self, version: str) -> bool:
+        return re.fullmatch(self.allowed_tags, version) is not None
+
+
+class Config(_Strict):
+    people: dict[str, str] = Field(..., description="name -> Slack user id")
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="name -> member names or ids")
+    roles: dict[Role, list[str]] = Field(default_factory=dict, description="grants in every environment")
+    environments: dict[str, Environment]
+    default_environment: str | None = None
+
+    @field_validator("people")
+    @classmethod
+    def _people(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for name, user_id in value.items():
+            if not NAME_RE.match(name):
+                raise ValueError(f"{name!r}: names are lower-case letters, digits, _ . -")
+            if not USER_ID_RE.match(user_id):
+                raise ValueError(f"{name}: {user_id!r} is not a Slack user id (like U0123ABC)")
+            if user_id in seen:
+                raise ValueError(f"{name}: user id {user_id} is already used by {seen[user_id]}")
+            seen[user_id] = name
+        return value
+
+    @field_validator("environments")
+    @classmethod
+    def _env_names(cls, value: dict[str, Environment]) -> dict[str, Environment]:
+        if not value:
+            raise ValueError("at least one environment is needed")
+        for name in value:
+            if not NAME_RE.match(name):
+                raise ValueError(f"{name!r}: environment names are lower-case letters, digits, _ . -")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        problems: list[str] = []
+        for path, members in self._grant_lists():
+            for i, member in enumerate(members):
+                if not self._member_known(member):
+                    problems.append(
+                        f"{path}.{i}: {member!r} is not a person, a group:NAME, "
+                        "a Slack user id or a subteam:S... user group"
+                    )
+        for gname, members in self.groups.items():
+            for i, member in enumerate(members):
+                if member.startswith(("group:", "subteam:")) or not self._member_known(member):
+                    problems.append(f"groups.{gname}.{i}: {member!r} must be a person or a Slack user id")
+        if self.default_environment is not None and self.default_environment not in self.environments:
+            problems.append(f"default_environment: {self.default_environment!r} is not an environment")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _grant_lists(self) -> list[tuple[str, list[str]]]:
+        out = [(f"roles.{role.value}", members) for role, members in self.roles.items()]
+        for env_name, env in self.environments.items():
+            out += [(f"environments.{env_name}.roles.{r.value}", m) for r, m in env.roles.items()]
+        return out
+
+    def _member_known(self, member: str) -> bool:
+        if member.startswith("group:"):
+            return member[6:] in self.groups
+        if member.startswith("subteam:"):
+            return SUBTEAM_RE.match(member[8:]) is not None
+        return member in self.people or USER_ID_RE.match(member) is not None
+
+    # --- look-ups ---------------------------------------------------------------------------
+    def user_id_of(self, name_or_id: str) -> str | None:
+        if name_or_id in self.people:
+            return self.people[name_or_id]
+        return name_or_id if USER_ID_RE.match(name_or_id) else None
+
+    def name_of(self, user_id: str) -> str | None:
+        for name, uid in self.people.items():
+            if uid == user_id:
+                return name
+        return None
+
+    def resolve_env(self, name: str | None) -> tuple[str, Environment] | None:
+        if name is None:
+            name = self.default_environment
+            if name is None and len(self.environments) == 1:
+                name = next(iter(self.environments))
+        if name is None or name not in self.environments:
+            return None
+        return name, self.environments[name]
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see docs/configuration.md)"
+        for line in msg.split("\n"):
+            # model-level problems carry their own path at the start of the line
+            problems.append(line if not path else f"{path}: {line}")
+    return problems
+
+
+def parse_config(data: Any, *, source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping with people and environments"], source=source)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc), source=source) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{path}: file not found (set CHATOPS_CONFIG or copy chatops.example.yml to chatops.yml)"],
+            source=str(path),
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"], source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError([f"{path}: not valid YAML at {where}"], source=str(path)) from None
+    return parse_config(data, source=str(path))

@@ -1,0 +1,66 @@
+"""Slack-free value objects that flow from front ends through the core."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_correlation_id() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_id: str
+    name: str | None = None  # config name, else the Slack user name
+
+    @property
+    def label(self) -> str:
+        return self.name or self.user_id
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message for a user: text (always, the notification fallback) plus optional Block Kit."""
+
+    text: str
+    blocks: list[dict[str, Any]] | None = None
+    ephemeral: bool = True
+    replace_original: bool = False
+
+    def as_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"text": self.text}
+        if self.blocks:
+            payload["blocks"] = self.blocks
+        return payload
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A slash command as typed by someone, from any front end."""
+
+    command: str  # without the slash
+    text: str
+    actor: Actor
+    channel_id: str | None
+    idempotency_key: str  # e.g. cmd:<trigger_id>; a re-delivery carries the same key
+    response_url: str | None = None
+    source: str = "slack"  # slack | console | test
+    correlation_id: str = field(default_factory=new_correlation_id)
+
+
+@dataclass(frozen=True)
+class ActionInvocation:
+    """A button click: `value` is the button's small JSON payload."""
+
+    action_id: str
+    value: str
+    actor: Actor
+    channel_id: str | None
+    message_ts: str | None
+    idempotency_key: str
+    response_url: str | None = None
+    source: str = "slack"
+    correlation_id: str = field(default_factory=new_correlation_id)

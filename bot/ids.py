@@ -1,0 +1,30 @@
+"""Every action id a button can carry, in one place; button values are small typed JSON payloads."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+MAX_VALUE = 2000  # Slack's limit for a button value
+
+
+class ActionId(StrEnum):
+    audit_page = "audit.page"
+
+
+def encode_value(payload: dict[str, Any]) -> str:
+    value = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+    if len(value) > MAX_VALUE:
+        raise ValueError(f"button value is {len(value)} characters, Slack allows {MAX_VALUE}")
+    return value
+
+
+def decode_value(value: str) -> dict[str, Any]:
+    try:
+        data = json.loads(value)
+    except (TypeError, ValueError):
+        raise ValueError("button value is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("button value is not a JSON object")
+    return data

@@ -1,0 +1,95 @@
+"""SQLAlchemy 2.x tables. Every change goes through an Alembic migration in `migrations/`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AuditRecord(Base):
+    """One append-only, hash-chained audit entry. `seq` is gap-free: 1, 2, 3, ..."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(40))  # ISO-8601 UTC, part of the hashed content
+    actor_id: Mapped[str] = mapped_column(String(64))
+    actor_name: Mapped[str | None] = mapped_column(String(128))
+    channel: Mapped[str | None] = mapped_column(String(64))
+    environment: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(128))
+    args: Mapped[str] = mapped_column(Text)  # canonical JSON, secrets redacted
+    outcome: Mapped[str] = mapped_column(String(64))
+    correlation_id: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_ts", "ts"),
+        Index("ix_audit_actor", "actor_id"),
+        Index("ix_audit_env", "environment"),
+    )
+
+
+class AuditHead(Base):
+    """A single row (id=1) naming the chain's last record: appenders lock it, verify compares it."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class ProcessedRequest(Base):
+    """Idempotency keys of Slack deliveries already acted on (survives restarts and replicas)."""
+
+    __tablename__ = "processed_requests"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxMessage(Base):
+    """A Slack call waiting to be made. Written in the same transaction as the change it reports."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(32))  # post | update | ephemeral | respond
+    channel: Mapped[str | None] = mapped_column(String(64))
+    message_key: Mapped[str | None] = mapped_column(String(200))  # our name for a posted message
+    payload: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_outbox_pending", "status", "not_before"),)
+
+
+class SlackMessage(Base):
+    """Where a message we posted lives, so later updates can find it by our key."""
+
+    __tablename__ = "slack_messages"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("channel", "ts", name="uq_slack_messages_channel_ts"),)

@@ -1,0 +1,85 @@
+"""Process settings from `CHATOPS_*` environment variables (and a `.env` file).
+
+Everything about *who may do what where* lives in the YAML config (`bot.config`); these
+settings say how the process connects to the world. Built once and passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- Slack -----------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(None, description="Bot token (xoxb-...)")
+    slack_signing_secret: SecretStr | None = Field(None, description="Signing secret for HTTP mode")
+    slack_app_token: SecretStr | None = Field(None, description="App-level token (xapp-...) for Socket Mode")
+    slack_api_url: str = Field(DEFAULT_SLACK_API_URL, description="Slack Web API base URL")
+    slack_response_url_prefixes: list[str] = Field(
+        default_factory=lambda: ["https://hooks.slack.com/"],
+        description="response_url values the bot will POST to; anything else is refused",
+    )
+
+    # --- storage and config ------------------------------------------------------------------
+    database_url: str = Field("sqlite:///chatops.db", description="SQLAlchemy URL")
+    config: Path = Field(Path("chatops.yml"), description="YAML config path")
+    db_upgrade_on_start: bool = Field(True, description="Run migrations when `serve` starts")
+
+    # --- server -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address of `chatops serve`")
+    port: int = Field(3000, ge=0, le=65535)
+    log_level: str = Field("INFO")
+    log_format: str = Field("text", description="text or json")
+
+    # --- background work ------------------------------------------------------------------------
+    worker_threads: int = Field(8, ge=1, le=64, description="Bounded background task concurrency")
+    shutdown_grace_seconds: float = Field(20.0, ge=0, description="SIGTERM: time to finish in-flight work")
+    outbox_max_attempts: int = Field(8, ge=1, description="Delivery attempts before a message is dead")
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in {"text", "json"}:
+            raise ValueError("must be 'text' or 'json'")
+        return value
+
+    def secret(self, name: str) -> str | None:
+        value = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
+
+    def redacted(self) -> dict[str, object]:
+        """Settings as shown to an operator: secrets replaced by whether they are set."""
+        out: dict[str, object] = {}
+        for key, value in self.model_dump().items():
+            if isinstance(getattr(self, key), SecretStr):
+                out[key] = "set" if value is not None else "unset"
+            elif key == "database_url":
+                out[key] = redact_url(str(value))
+            else:
+                out[key] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a URL such as postgresql://user:pw@host/db."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}@{host}"
