@@ -113,6 +113,10 @@ class Outbox:
         payload["user"] = user_id
         self._add(session, "ephemeral", channel, None, payload)
 
+    def home(self, session: Session, user_id: str, view: dict[str, Any]) -> None:
+        """Publish a user's App Home tab (views.publish)."""
+        self._add(session, "home", f"home:{user_id}", None, {"user": user_id, "view": view})
+
     def respond(self, session: Session, response_url: str, reply: Reply, *, channel: str | None = None) -> None:
         payload = reply.as_payload()
         payload.update(response_url=response_url, response_type="ephemeral" if reply.ephemeral else "in_channel",

@@ -188,6 +188,20 @@ class Dispatcher:
 
         return Prepared(None, job, name, outcome)
 
+    # --- events -----------------------------------------------------------------------------------
+    def prepare_home(self, user_id: str, event_key: str) -> Prepared:
+        """app_home_opened: publish the user's Home tab once per event delivery."""
+        from commands.home import home_view
+
+        def job() -> None:
+            with self.core.db.transaction() as session:
+                if not _claim(session, event_key, "event"):
+                    self.metrics.slack_duplicates.labels("event").inc()
+                    return
+                self.core.outbox.home(session, user_id, home_view(self.core, user_id, self.commands))
+
+        return Prepared(None, job, "event.app_home_opened", "accepted")
+
     # --- the deferred path --------------------------------------------------------------------------
     def _run_deferred(self, key: str, kind: str, ctx: Ctx, action: str, metric_name: str,
                       audit_args: dict[str, Any], environment: str | None, run: Callable[[Ctx], Reply]) -> None:

@@ -109,4 +109,14 @@ def build_bolt(container: Container) -> AsyncApp:
         if busy:
             log.warning("action dropped while busy: %s", busy)
 
+    @app.event("app_home_opened")
+    async def on_home(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any]) -> None:
+        # Events API retries (X-Slack-Retry-Num) carry the same event_id: claimed once in the job
+        event_key = f"evt:{body.get('event_id') or event.get('event_ts', '')}"
+        prepared = dispatcher.prepare_home(str(event.get("user") or ""), event_key)
+        busy = submit(prepared.name, prepared.job)
+        await ack()
+        if busy:
+            log.warning("app_home_opened dropped while busy")
+
     return app
