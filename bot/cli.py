@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -90,6 +91,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         container.db.upgrade()
     app = create_app(container, socket_mode=args.socket_mode)
     logging.getLogger(__name__).info("serving on http://%s:%s (socket mode: %s)", host, port, args.socket_mode)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; once in-flight work is finished or
+    # persisted that is a clean stop, so the re-raised signal is absorbed and we exit 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 1, lifespan="on")
     return EXIT_OK

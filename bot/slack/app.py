@@ -75,7 +75,11 @@ def build_bolt(container: Container) -> AsyncApp:
         # a single-workspace bot: no network round trip (auth.test) on the request path
         return AuthorizeResult(enterprise_id=None, team_id=_kwargs.get("team_id"), bot_token=token)
 
+    from slack_sdk.web.async_client import AsyncWebClient
+
     app = AsyncApp(
+        # Bolt's own client (used by Socket Mode for apps.connections.open) honours CHATOPS_SLACK_API_URL
+        client=AsyncWebClient(token=token or None, base_url=container.settings.slack_api_url),
         signing_secret=container.settings.secret("slack_signing_secret") or "verified-upstream",
         authorize=authorize,
         request_verification_enabled=False,
