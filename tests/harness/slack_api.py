@@ -192,6 +192,9 @@ class FakeSlack(WebApiMethods):
         bot_id: str = BOT_ID,
     ) -> None:
         self.token = token
+        #: Socket Mode: set both to make ``apps.connections.open`` answer (see harness/socket_mode.py)
+        self.app_token: str | None = None
+        self.socket_mode_url: str | None = None
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
@@ -371,6 +374,14 @@ class FakeSlack(WebApiMethods):
                 reply = self._fault_reply(fault)
             elif params is None:
                 reply = _Reply(200, {"ok": False, "error": "invalid_json"})
+            elif method == "apps.connections.open":
+                # Socket Mode: only the app-level token may open a connection
+                if self.app_token is None or auth != f"Bearer {self.app_token}":
+                    reply = _Reply(200, {"ok": False, "error": "invalid_auth"})
+                elif self.socket_mode_url is None:
+                    reply = _Reply(200, {"ok": False, "error": "socket_mode_not_enabled"})
+                else:
+                    reply = _Reply(200, {"ok": True, "url": self.socket_mode_url})
             elif auth != f"Bearer {self.token}":
                 reply = _Reply(200, {"ok": False, "error": "invalid_auth"})
             else:
