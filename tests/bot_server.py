@@ -29,16 +29,13 @@ def free_port() -> int:
 
 
 def bot_settings(fake: FakeSlack, database_url: str, **extra: Any) -> Settings:
-    return Settings(
-        slack_bot_token=DEFAULT_TOKEN,  # type: ignore[arg-type]
-        slack_signing_secret=SECRET,  # type: ignore[arg-type]
-        slack_api_url=fake.base_url,
-        slack_response_url_prefixes=[fake.response_url("")],
-        database_url=database_url,
-        config=REPO / "chatops.example.yml",
-        shutdown_grace_seconds=5,
-        **extra,
-    )
+    values: dict[str, Any] = {
+        "slack_bot_token": DEFAULT_TOKEN, "slack_signing_secret": SECRET, "slack_api_url": fake.base_url,
+        "slack_response_url_prefixes": [fake.response_url("")], "database_url": database_url,
+        "config": REPO / "chatops.example.yml", "shutdown_grace_seconds": 5,
+    }
+    values.update(extra)
+    return Settings(**values)
 
 
 @dataclass

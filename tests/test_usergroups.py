@@ -1,0 +1,35 @@
+"""Roles granted to Slack user groups (subteam:S...) are resolved through usergroups.users.list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.bot_server import REPO, start_bot
+from tests.harness.slack_api import FakeSlack
+
+ERIN = "U0ERIN005"
+
+
+def test_subteam_grant_gives_role(tmp_path: Path) -> None:
+    """erin, a member of Slack user group S0SRE granted approver in production, is an approver there."""
+    data = yaml.safe_load((REPO / "chatops.example.yml").read_text())
+    data["environments"]["production"]["roles"]["approver"].append("subteam:S0SRE")
+    config = tmp_path / "chatops.yml"
+    config.write_text(yaml.safe_dump(data))
+    with FakeSlack(usergroups={"S0SRE": [ERIN]}) as fake:
+        bot = start_bot(fake, f"sqlite:///{tmp_path}/g.db", config=config)
+        try:
+            call = fake.wait_for("usergroups.users.list", timeout=10)[0]
+            assert call.params["usergroup"] == "S0SRE"
+            text = ""
+            for _ in range(50):  # the directory is filled right after the call returns
+                text = bot.command("/status", "--env production", ERIN).json()["text"]
+                if "approver" in text:
+                    break
+            assert "Your roles: approver, operator, viewer" in text
+            staging = bot.command("/status", "--env staging", ERIN).json()["text"]
+            assert "approver" not in staging
+        finally:
+            bot.stop()
