@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.config import Config, load_config
 from bot.core.dispatch import Core, Dispatcher
+from bot.core.model import Reply
 from bot.core.rbac import Authorizer, GroupDirectory
 from bot.metrics import Metrics
 from bot.outbox import Outbox, OutboxWorker, Transport
@@ -55,6 +57,20 @@ def subteams_in(config: Config) -> list[str]:
     return sorted(found)
 
 
+def _direct_reply(transport: Transport) -> Callable[[str | None, str | None, str, Reply], None]:
+    def send(response_url: str | None, channel: str | None, user_id: str, reply: Reply) -> None:
+        try:
+            if response_url:
+                payload = {**reply.as_payload(), "response_url": response_url, "response_type": "ephemeral"}
+                transport.deliver("respond", channel, payload)
+            elif channel:
+                transport.deliver("ephemeral", channel, {**reply.as_payload(), "user": user_id})
+        except Exception as exc:  # the last resort failed too; the log is all that is left
+            log.error("could not tell %s that the database is down: %s", user_id, exc)
+
+    return send
+
+
 def build(settings: Settings, *, transport: Transport | None = None, config: Config | None = None,
           groups: GroupDirectory | None = None) -> Container:
     """Wire everything. `transport` None: the Slack Web API (needs CHATOPS_SLACK_BOT_TOKEN)."""
@@ -87,7 +103,8 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
         backends[f"{name}.kubernetes"] = "configured" if env.kubernetes else "simulated (no cluster configured)"
         backends[f"{name}.prometheus"] = "configured" if env.prometheus else "simulated (no Prometheus configured)"
         backends[f"{name}.trading_api"] = "configured" if env.trading_api else "simulated (no trading API configured)"
-    core = Core(config=config, authorizer=authorizer, db=db, outbox=outbox, backends=backends)
+    core = Core(config=config, authorizer=authorizer, db=db, outbox=outbox, backends=backends,
+                direct_reply=_direct_reply(transport))
     commands, actions = registry.build()
     dispatcher = Dispatcher(core, commands, actions, metrics)
     tasks = TaskRunner(metrics, workers=settings.worker_threads)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -164,16 +165,24 @@ class OutboxWorker:
             self._thread.join(timeout=5)
 
     def _loop(self, poll_seconds: float) -> None:
+        failing_since: float | None = None
         while not self._stop.is_set():
             self.wakeup.clear()
             try:
                 worked = self.drain_once()
+                wait = 0.0 if worked else self._next_wait(poll_seconds)
+                if failing_since is not None:
+                    log.warning("outbox worker recovered after %.0fs", time.monotonic() - failing_since)
+                    failing_since = None
             except Exception:
-                log.exception("outbox worker pass failed; retrying")
-                worked = 0
+                # database down or similar: rows stay pending; say it once, then keep trying quietly
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.exception("outbox worker cannot reach the database; retrying every %.0fs", poll_seconds)
+                worked, wait = 0, poll_seconds
             if not worked:
                 self._idle.set()
-                self.wakeup.wait(self._next_wait(poll_seconds))
+                self.wakeup.wait(wait)
                 self._idle.clear()
 
     def _next_wait(self, poll_seconds: float) -> float:

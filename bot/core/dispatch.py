@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from bot.config import Config
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
 from bot.core.rbac import Authorizer
-from bot.errors import ChatOpsError, CommandError, UnknownCommand, user_message
+from bot.errors import BackendUnavailable, ChatOpsError, CommandError, UnknownCommand, user_message
 from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.persistence.audit import AuditEntry, append
@@ -41,6 +41,8 @@ class Core:
     db: Database
     outbox: Outbox
     backends: dict[str, str] = field(default_factory=dict)  # what is real and what is simulated
+    #: last resort when the database itself is down: tell the user directly, bypassing the outbox
+    direct_reply: Callable[[str | None, str | None, str, Reply], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -221,12 +223,22 @@ class Dispatcher:
         finally:
             ctx.session = None
         # the handler's transaction rolled back: record the failure and tell the user, once
-        with self.core.db.transaction() as session:
-            if not _claim(session, key, kind):
-                return
-            audit_args = {**audit_args, "error": text}
-            _audit(session, ctx, action, outcome, environment, audit_args)
-            self._reply(session, ctx, Reply(text))
+        try:
+            with self.core.db.transaction() as session:
+                if not _claim(session, key, kind):
+                    return
+                audit_args = {**audit_args, "error": text}
+                _audit(session, ctx, action, outcome, environment, audit_args)
+                self._reply(session, ctx, Reply(text))
+        except BackendUnavailable as exc:
+            # nothing can be recorded or queued: say so to the user directly, and log loudly
+            log.error("database unavailable; %s by %s was not performed and not audited: %s",
+                      action, ctx.actor.user_id, exc)
+            if self.core.direct_reply is not None:
+                self.core.direct_reply(ctx.response_url, ctx.channel_id, ctx.actor.user_id, Reply(
+                    ":rotating_light: The bot's database is unavailable, so nothing was done and nothing "
+                    "could be recorded. Try again in a minute; if it persists, check `/readyz` and the logs."))
+            outcome = "backend_unavailable"
         self.metrics.commands.labels(metric_name, outcome).inc()
 
     def _reply(self, session: Session, ctx: Ctx, reply: Reply) -> None:
