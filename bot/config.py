@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -79,6 +79,83 @@ class TradingApiTarget(_Strict):
         return value.rstrip("/")
 
 
+Strategy = Literal["rolling", "canary", "blue-green"]
+StepKind = Literal["checklist", "precheck", "trading_stop", "maintenance_on", "job", "rollout", "health",
+                   "maintenance_off", "trading_resume", "monitor"]
+
+
+class CanarySettings(_Strict):
+    router: Literal["replicas", "istio"] = Field("replicas", description="istio: VirtualService weights; "
+                                                 "replicas: a <name>-canary Deployment sized by weight")
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 75, 100])
+    virtual_service: str | None = None
+    host: str | None = None
+    stable_subset: str = "stable"
+    canary_subset: str = "canary"
+    interval_seconds: float = Field(60.0, ge=5, le=3600)
+    intervals_per_step: int = Field(1, ge=1, le=60)
+    failure_limit: int = Field(1, ge=1, le=10)
+    inconclusive_limit: int = Field(3, ge=1, le=20)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[int]) -> list[int]:
+        if not value or any(not 0 < v <= 100 for v in value) or value != sorted(set(value)) or value[-1] != 100:
+            raise ValueError("must be increasing percentages from 1 to 100, ending at 100")
+        return value
+
+
+class BlueGreenSettings(_Strict):
+    service: str | None = Field(None, description="Service whose selector switches (default: the deployment)")
+    label: str = "colour"
+    monitor_seconds: float = Field(300.0, ge=0)
+
+
+class CheckSettings(_Strict):
+    name: str
+    query: str = Field(..., description="PromQL template")
+    op: Literal["<", ">", "<=", ">="]
+    threshold: float
+    unit: str = ""
+
+
+class JobSettings(_Strict):
+    name: str = Field(..., description="backup, migrate, verify, ...")
+    template: dict[str, Any] = Field(..., description="a batch/v1 Job manifest; {version} and {image} substituted")
+    timeout_seconds: float = Field(600.0, ge=5)
+
+
+class ProbeSettings(_Strict):
+    name: str
+    url: str
+    expect: dict[str, Any] = Field(default_factory=lambda: {"status": "healthy"})
+
+
+class StepSettings(_Strict):
+    kind: StepKind
+    name: str | None = None
+    text: str | None = Field(None, description="checklist: the item a person ticks")
+    role: Role = Role.deployer
+    blocking: bool = True
+    job: str | None = Field(None, description="job: the name of an entry in jobs")
+    fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+    pause_seconds: float = Field(60.0, ge=0)
+    seconds: float = Field(900.0, ge=0, description="monitor: the window")
+    strategies: list[Literal["rolling", "canary", "blue-green"]] | None = None
+    timeout_seconds: float | None = Field(None, ge=1)
+    on_resume: Literal["continue", "rollback"] | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> StepSettings:
+        if self.kind == "checklist" and not self.text:
+            raise ValueError("a checklist step needs text")
+        if self.kind == "job" and not self.job:
+            raise ValueError("a job step needs job: <name of an entry in jobs>")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError("fractions must be between 0 (exclusive) and 1")
+        return self
+
+
 class Environment(_Strict):
     description: str = ""
     namespace: str
@@ -92,6 +169,26 @@ class Environment(_Strict):
     kubernetes: KubernetesTarget | None = None
     prometheus: PrometheusTarget | None = None
     trading_api: TradingApiTarget | None = None
+    default_strategy: Strategy = "rolling"
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    blue_green: BlueGreenSettings = Field(default_factory=BlueGreenSettings)
+    analysis: list[CheckSettings] | None = Field(None, description="canary checks (default: the runbook's)")
+    jobs: list[JobSettings] = Field(default_factory=list)
+    probes: list[ProbeSettings] = Field(default_factory=list)
+    procedure: list[StepSettings] | None = Field(None, description="default: runbook 5.2-5.4")
+    stop_trading: bool = Field(True, description="default procedure: stop trading for rolling/blue-green")
+    approval_ttl_minutes: float = Field(30.0, gt=0, le=1440)
+    lock_ttl_minutes: float = Field(180.0, gt=0, le=10080)
+    rollout_timeout_seconds: float = Field(600.0, ge=5)
+    monitor_seconds: float = Field(900.0, ge=0, description="default procedure: monitoring window (runbook 5.4)")
+
+    @model_validator(mode="after")
+    def _jobs_known(self) -> Environment:
+        names = {j.name for j in self.jobs}
+        for i, step in enumerate(self.procedure or []):
+            if step.kind == "job" and step.job not in names:
+                raise ValueError(f"procedure.{i}.job: {step.job!r} is not in jobs ({', '.join(sorted(names)) or 'none'})")
+        return self
 
     @field_validator("allowed_tags")
     @classmethod

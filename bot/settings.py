@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+SECRET_FIELDS = frozenset({"slack_bot_token", "slack_signing_secret", "slack_app_token"})
 
 
 class Settings(BaseSettings):
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
         """Settings as shown to an operator: secrets replaced by whether they are set."""
         out: dict[str, object] = {}
         for key, value in self.model_dump().items():
-            if isinstance(getattr(self, key), SecretStr):
+            if key in SECRET_FIELDS:
                 out[key] = "set" if value is not None else "unset"
             elif key == "database_url":
                 out[key] = redact_url(str(value))

@@ -93,3 +93,79 @@ class SlackMessage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (UniqueConstraint("channel", "ts", name="uq_slack_messages_channel_ts"),)
+
+
+class DeployRun(Base):
+    """A deployment: its plan, approvals state and execution, persisted so any replica can resume it."""
+
+    __tablename__ = "deploy_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(300))
+    previous_image: Mapped[str | None] = mapped_column(String(300))
+    strategy: Mapped[str] = mapped_column(String(16))
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_name: Mapped[str | None] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(64))
+    plan: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    plan_hash: Mapped[str] = mapped_column(String(64))
+    approvals_required: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(24))
+    version_no: Mapped[int] = mapped_column(Integer, default=1)  # compare-and-set on every transition
+    abort_requested_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(Text)
+    rollback_reason: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    correlation_id: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_deploy_runs_state", "state"), Index("ix_deploy_runs_env", "environment"))
+
+
+class RunStep(Base):
+    __tablename__ = "run_steps"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)  # deploy | rollback
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # pending|running|done|failed|skipped
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)  # type: ignore[type-arg]
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str | None] = mapped_column(String(128))
+    plan_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EnvLock(Base):
+    """One holder per environment: a deploy run, or a freeze from /lock."""
+
+    __tablename__ = "env_locks"
+
+    environment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # run | freeze
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    held_by: Mapped[str] = mapped_column(String(64))
+    held_by_name: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
