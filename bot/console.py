@@ -123,6 +123,7 @@ class Console:
         self.t = transport
         self.out = out
         self.settle_seconds = settle_seconds
+        self.run_settle_seconds = 300.0
         self.actor_name = next(iter(container.config.people))
         self._n = itertools.count(1)
 
@@ -151,8 +152,13 @@ class Console:
             self._switch(line[2:].strip())
         elif line.split()[0] == "click":
             self._click(line[5:].strip())
+        elif line.split()[0] == "sim":
+            self._sim(line.split()[1:])
+        elif line.split()[0] == "wait":
+            self._wait(line.split()[1:])
         elif line in ("help", "?"):
-            self.out.write("Type a slash command (/help), `as <person>`, `click <button label>`, or `quit`.\n")
+            self.out.write("Type a slash command (/help), `as <person>`, `click <button label>`, "
+                           "`sim error-rate 0.2` (simulated backends), `wait`, or `quit`.\n")
         else:
             raise LineFailed(f"not a command: {line!r} (type /help, `as <person>` or `click <label>`)")
 
@@ -172,6 +178,51 @@ class Console:
             self.settle()
             raise LineFailed(str(UnknownCommand(f"unknown command /{name}")))
 
+    SIM_KNOBS = {"error-rate": "error_rate", "latency-ms": "p95_latency_ms", "order-success": "order_success"}
+
+    def _sim(self, words: list[str]) -> None:
+        """`sim error-rate 0.2 [ENV]`, `sim latency-ms 1500`, `sim order-success 0.9`, `sim nodata on|off`,
+        `sim prometheus down|up`, `sim fail-rollout`, `sim fail-job NAME`: steer the simulated backends."""
+        env = words[-1] if words and words[-1] in self.c.sims else self.c.config.resolve_env(None)
+        env_name = env if isinstance(env, str) else (env[0] if env else next(iter(self.c.sims)))
+        world = self.c.sims[env_name]
+        words = [w for w in words if w != env_name]
+        try:
+            if len(words) == 2 and words[0] in self.SIM_KNOBS:
+                world.metrics.set(self.SIM_KNOBS[words[0]], float(words[1]))
+            elif words[:1] == ["nodata"] and len(words) == 2:
+                world.metrics.set("nodata", words[1] == "on")
+            elif words[:1] == ["prometheus"] and len(words) == 2:
+                world.metrics.set("down", words[1] == "down")
+            elif words == ["fail-rollout"]:
+                world.cluster.fail_next_rollout()
+            elif words[:1] == ["fail-job"] and len(words) == 2:
+                world.cluster.fail_jobs(words[1], "simulated failure: migration 0042 could not lock table orders")
+            else:
+                raise LineFailed("sim: use error-rate X | latency-ms X | order-success X | nodata on|off | "
+                                 "prometheus down|up | fail-rollout | fail-job NAME [ENV]")
+        except ValueError as exc:
+            raise LineFailed(f"sim: {exc}") from None
+        self.out.write(f"(simulated {env_name}: {' '.join(words)})\n")
+
+    def _wait(self, words: list[str]) -> None:
+        """`wait` or `wait 60`: until no deploy run is in progress (bounded)."""
+        try:
+            limit = float(words[0]) if words else 120.0
+        except ValueError:
+            raise LineFailed("wait: give a number of seconds") from None
+        if not self.settle_runs(limit):
+            self.out.write(f"(still running after {limit:g}s)\n")
+
+    def settle_runs(self, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            self.settle()
+            if not self.c.executor.busy() and self.settle():
+                return True
+            time.sleep(0.1)
+        return False
+
     def _switch(self, who: str) -> None:
         who = who.lstrip("@")
         if who not in self.c.config.people:
@@ -180,7 +231,12 @@ class Console:
         self.out.write(f"(now acting as {who}, {self.c.config.people[who]})\n")
 
     def _click(self, label: str) -> None:
+        # a button may still be on its way (a run reaching a checklist item): wait for it, bounded
+        deadline = time.monotonic() + self.settle_seconds
         found = self.t.find_button(label)
+        while found is None and time.monotonic() < deadline and self.c.executor.busy():
+            time.sleep(0.1)
+            found = self.t.find_button(label)
         if found is None:
             raise LineFailed(f"no button labelled {label!r} on any message")
         msg, button = found
@@ -206,7 +262,7 @@ class Console:
                 self.settle()
                 self.out.write(f"error: line {number}: {exc}\n")
                 return 1
-        if not self.settle():
+        if not self.settle_runs(self.run_settle_seconds):
             self.out.write("(background work still running when the wait ended)\n")
         return 0
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from bot.config import Config, load_config
+from bot.config import CheckSettings, Config, load_config
+from bot.core.deploy.engine import Executor
+from bot.core.deploy.service import DeployService
+from bot.core.deploy.steps import HANDLERS, ROLLBACK_HANDLERS, rollback_plan
+from bot.core.ports import EnvBackends
 from bot.core.dispatch import Core, Dispatcher
 from bot.core.model import Reply
 from bot.core.rbac import Authorizer, GroupDirectory
@@ -17,6 +23,9 @@ from bot.persistence.db import Database
 from bot.settings import Settings
 from bot.tasks import TaskRunner
 from commands import registry
+
+if TYPE_CHECKING:
+    from integrations.simulated import SimWorld
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +41,21 @@ class Container:
     dispatcher: Dispatcher
     tasks: TaskRunner
     worker: OutboxWorker
+    executor: Executor
+    sims: dict[str, SimWorld]
     threads: list[threading.Thread] = field(default_factory=list)
     stoppers: list[object] = field(default_factory=list)
 
     def start(self) -> None:
         self.worker.start()
+        self.executor.start()
         for thread in self.threads:
             thread.start()
 
     def stop(self) -> None:
-        """Graceful: finish in-flight tasks (bounded), flush the outbox, then close."""
+        """Graceful: finish in-flight tasks (bounded), pause deploy runs at their next check (their
+        state is in the database; the next process resumes them), flush the outbox, then close."""
+        self.executor.stop(timeout=self.settings.shutdown_grace_seconds)
         self.tasks.shutdown(self.settings.shutdown_grace_seconds)
         self.worker.stop(flush_seconds=min(5.0, self.settings.shutdown_grace_seconds))
         for stopper in self.stoppers:
@@ -98,16 +112,67 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
             threads.append(threading.Thread(target=directory.run, name="chatops-usergroups", daemon=True))
             stoppers.append(directory)
     authorizer = Authorizer(config, groups) if groups else Authorizer(config)
-    backends = {}
-    for name, env in config.environments.items():
-        backends[f"{name}.kubernetes"] = "configured" if env.kubernetes else "simulated (no cluster configured)"
-        backends[f"{name}.prometheus"] = "configured" if env.prometheus else "simulated (no Prometheus configured)"
-        backends[f"{name}.trading_api"] = "configured" if env.trading_api else "simulated (no trading API configured)"
+    backends: dict[str, str] = {}
+    env_backends, sims = build_backends(config)
+    for name, eb in env_backends.items():
+        for kind, label in eb.labels.items():
+            backends[f"{name}.{kind}"] = label
+    deploy = DeployService(config, authorizer, outbox, env_backends.__getitem__, default_check_settings)
     core = Core(config=config, authorizer=authorizer, db=db, outbox=outbox, backends=backends,
-                direct_reply=_direct_reply(transport))
+                direct_reply=_direct_reply(transport), deploy=deploy)
     commands, actions = registry.build()
     dispatcher = Dispatcher(core, commands, actions, metrics)
     tasks = TaskRunner(metrics, workers=settings.worker_threads)
     worker = OutboxWorker(db, transport, metrics, max_attempts=settings.outbox_max_attempts)
     outbox.subscribe(worker.wakeup)
-    return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, threads, stoppers)
+    executor = Executor(db, deploy, {**HANDLERS, **ROLLBACK_HANDLERS}, rollback_plan)
+    return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, executor, sims,
+                     threads, stoppers)
+
+
+def default_check_settings() -> list[CheckSettings]:
+    from bot.core.analysis import DEFAULT_CHECKS
+
+    return [CheckSettings(name=c.name, query=c.query, op=c.op, threshold=c.threshold, unit=c.unit)
+            for c in DEFAULT_CHECKS]
+
+
+def build_backends(config: Config) -> tuple[dict[str, EnvBackends], dict[str, SimWorld]]:
+    """Real integrations where an environment configures them, labelled simulated ones elsewhere."""
+    from integrations.simulated import sim_world_for
+
+    sims = sim_world_for(config.environments)
+    out: dict[str, EnvBackends] = {}
+    for name, env in config.environments.items():
+        sim = sims[name]
+        labels = {}
+        if env.kubernetes is not None:
+            from integrations.kubernetes import cluster_from_target
+
+            cluster: Any = cluster_from_target(env.kubernetes)
+            labels["kubernetes"] = "configured"
+        else:
+            cluster, labels["kubernetes"] = sim.cluster, "simulated (no cluster configured)"
+        if env.prometheus is not None:
+            from integrations.prometheus import PrometheusMetrics
+
+            metrics: Any = PrometheusMetrics(env.prometheus.url)
+            labels["prometheus"] = f"configured ({env.prometheus.url})"
+        else:
+            metrics, labels["prometheus"] = sim.metrics, "simulated (no Prometheus configured)"
+        if env.trading_api is not None:
+            from integrations.trading_api import TradingApiClient
+
+            key = os.environ.get(env.trading_api.api_key_env) if env.trading_api.api_key_env else None
+            trading: Any = TradingApiClient(env.trading_api.base_url, key)
+            labels["trading_api"] = f"configured ({env.trading_api.base_url})"
+        else:
+            trading, labels["trading_api"] = sim.trading, "simulated (no trading API configured)"
+        if env.kubernetes is not None:
+            from integrations.probes import HttpHealthProbe
+
+            probe: Any = HttpHealthProbe()
+        else:
+            probe = sim.probe
+        out[name] = EnvBackends(cluster, metrics, trading, probe, labels)
+    return out, sims

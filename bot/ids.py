@@ -11,6 +11,9 @@ MAX_VALUE = 2000  # Slack's limit for a button value
 
 class ActionId(StrEnum):
     audit_page = "audit.page"
+    deploy_approve = "deploy.approve"
+    deploy_abort = "deploy.abort"
+    deploy_tick = "deploy.tick"
 
 
 def encode_value(payload: dict[str, Any]) -> str:

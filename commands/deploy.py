@@ -1,10 +1,25 @@
-"""/deploy VERSION: the grammar and typed command (execution arrives with the deploy workflow)."""
+"""/deploy VERSION, /lock ENV, /unlock ENV, and the plan's Approve / Abort / Tick buttons."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from commands.grammar import CommandSpec, Flag, Positional, env_value, text_value, version_value
+from bot.config import Role
+from bot.core.deploy.service import DeployService
+from bot.core.dispatch import ActionEntry, CommandEntry, Ctx
+from bot.core.model import Reply
+from bot.errors import UnknownEnvironment
+from bot.ids import ActionId
+from commands.grammar import (
+    CommandSpec,
+    Flag,
+    ParseContext,
+    Positional,
+    env_value,
+    text_value,
+    version_value,
+)
 
 
 @dataclass(frozen=True)
@@ -15,24 +30,200 @@ class Deploy:
     blue_green: bool = False
     dry_run: bool = False
     reason: str | None = None
+    force: bool = False
 
     @property
-    def strategy(self) -> str:
-        return "canary" if self.canary else "blue-green" if self.blue_green else "rolling"
+    def strategy(self) -> str | None:
+        return "canary" if self.canary else "blue-green" if self.blue_green else None
 
 
 SPEC = CommandSpec(
     name="deploy",
-    summary="plan a deployment of VERSION, approve it, run it by the runbook",
+    summary="plan a deployment of VERSION, get it approved, run it by the runbook",
     target=Deploy,
     positionals=(Positional("version", version_value, "the release tag, e.g. v2.3"),),
     flags=(
         Flag("env", "target environment (default: the config's default_environment)", env_value, metavar="ENV"),
-        Flag("canary", "shift traffic 10/25/50/75/100 % with analysis at each step"),
+        Flag("canary", "shift traffic step by step (10/25/50/75/100 %) with analysis at each step"),
         Flag("blue-green", "deploy to the idle colour, then switch the Service"),
-        Flag("dry-run", "post the plan only"),
+        Flag("dry-run", "post the plan only; nothing is changed"),
         Flag("reason", "why (shown in the plan and the audit log)", text_value, metavar="TEXT"),
+        Flag("force", "admins: deploy through a freeze (announced loudly, audited)"),
     ),
     exclusive=(("canary", "blue-green"),),
     examples=("/deploy v2.3 --canary", "/deploy v2.3 --env production --canary --reason \"fix fills\""),
 )
+
+
+def _env_of(ctx: Ctx, name: str | None) -> str:
+    resolved = ctx.core.config.resolve_env(name)
+    if resolved is None:
+        known = ", ".join(ctx.core.config.environments)
+        raise UnknownEnvironment("no environment given and no default_environment configured",
+                                 hint=f"Add --env ENV ({known}).", usage=SPEC.usage)
+    return resolved[0]
+
+
+def _svc(ctx: Ctx) -> DeployService:
+    assert ctx.core.deploy is not None, "the deploy service is not wired"
+    return ctx.core.deploy  # type: ignore[no-any-return]
+
+
+def _authorize_deploy(cmd: Deploy, ctx: Ctx) -> str | None:
+    env = _env_of(ctx, cmd.env)
+    ctx.core.authorizer.require(ctx.actor, Role.deployer, env, f"deploy to {env}")
+    if cmd.force:
+        ctx.core.authorizer.require(ctx.actor, Role.admin, env, f"force a deploy through a freeze of {env}")
+    return env
+
+
+def _run_deploy(cmd: Deploy, ctx: Ctx) -> Reply:
+    env = _env_of(ctx, cmd.env)
+    assert ctx.session is not None
+    strategy = cmd.strategy or ctx.core.config.environments[env].default_strategy
+    return _svc(ctx).request(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,
+                             correlation_id=ctx.correlation_id, env_name=env, version=cmd.version,
+                             strategy=strategy, dry_run=cmd.dry_run, reason=cmd.reason, force=cmd.force)
+
+
+# --- /lock and /unlock -------------------------------------------------------------------------------------
+def _hours(raw: str, _ctx: ParseContext) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of hours") from None
+    if not 0 < value <= 168:
+        raise ValueError("must be between 0 and 168 hours")
+    return value
+
+
+@dataclass(frozen=True)
+class Lock:
+    env: str
+    reason: str | None = None
+    hours: float = 4.0
+
+
+@dataclass(frozen=True)
+class Unlock:
+    env: str
+    force: bool = False
+
+
+LOCK_SPEC = CommandSpec(
+    name="lock", summary="freeze deploys to an environment (visible in /status)", target=Lock,
+    positionals=(Positional("env", env_value, "the environment to freeze"),),
+    flags=(Flag("reason", "why (required)", text_value, metavar="TEXT"),
+           Flag("hours", "how long, default 4", _hours, metavar="N")),
+    examples=('/lock production --reason "quarter-end close"',),
+)
+UNLOCK_SPEC = CommandSpec(
+    name="unlock", summary="lift a freeze (admins: --force breaks any lock)", target=Unlock,
+    positionals=(Positional("env", env_value, "the environment"),),
+    flags=(Flag("force", "admins: break a lock held by someone else or by a run"),),
+    examples=("/unlock production", "/unlock production --force"),
+)
+
+
+def _authorize_lock(cmd: Lock, ctx: Ctx) -> str | None:
+    ctx.core.authorizer.require(ctx.actor, Role.deployer, cmd.env, f"freeze {cmd.env}")
+    if not cmd.reason:
+        from bot.errors import CommandError
+
+        raise CommandError("a freeze needs --reason TEXT", usage=LOCK_SPEC.usage)
+    return cmd.env
+
+
+def _run_lock(cmd: Lock, ctx: Ctx) -> Reply:
+    assert ctx.session is not None
+    info = _svc(ctx).freeze(ctx.session, actor=ctx.actor, env_name=cmd.env, reason=cmd.reason or "", hours=cmd.hours)
+    channel = ctx.core.config.environments[cmd.env].channels.deploy
+    ctx.core.outbox.post(ctx.session, channel, Reply(f":lock: {info.describe()}", ephemeral=False))
+    return Reply(f"Locked: {info.describe()}")
+
+
+def _authorize_unlock(cmd: Unlock, ctx: Ctx) -> str | None:
+    role = Role.admin if cmd.force else Role.deployer
+    ctx.core.authorizer.require(ctx.actor, role, cmd.env, f"unlock {cmd.env}" + (" by force" if cmd.force else ""))
+    return cmd.env
+
+
+def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
+    from bot.core.deploy import locks
+    from bot.errors import Conflict, PermissionDenied
+
+    assert ctx.session is not None
+    holder = locks.current(ctx.session, cmd.env)
+    if holder is None:
+        return Reply(f"`{cmd.env}` is not locked.")
+    channel = ctx.core.config.environments[cmd.env].channels.deploy
+    is_admin = ctx.core.authorizer.has(ctx.actor.user_id, Role.admin, cmd.env)
+    if holder.kind == "run" and not cmd.force:
+        raise Conflict(f"{holder.describe()}; it is released when the run ends",
+                       hint="Abort the run from its message, or (admins) /unlock --force.")
+    if holder.kind == "freeze" and holder.held_by != ctx.actor.user_id and not (cmd.force and is_admin):
+        raise PermissionDenied(f"{holder.describe()}; only {holder.held_by_name or 'its holder'} or an admin "
+                               "with --force may lift it", role="admin", environment=cmd.env)
+    locks.force_release(ctx.session, cmd.env)
+    if cmd.force:
+        ctx.audit("lock.break_glass", "forced", environment=cmd.env, broke=holder.describe())
+        if holder.kind == "run" and holder.run_id:
+            run = _svc(ctx).load(ctx.session, holder.run_id)
+            if run.state in ("running", "queued", "pending_approval"):
+                run.abort_requested_by = ctx.actor.user_id
+                run.version_no += 1
+        ctx.core.outbox.post(ctx.session, channel, Reply(
+            f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} force-released the lock on `{cmd.env}` "
+            f"({holder.describe()}).", ephemeral=False))
+    else:
+        ctx.core.outbox.post(ctx.session, channel, Reply(f":unlock: {ctx.actor.label} lifted the freeze on "
+                                                         f"`{cmd.env}`.", ephemeral=False))
+    return Reply(f"Unlocked `{cmd.env}`.")
+
+
+# --- buttons -------------------------------------------------------------------------------------------------
+def _value_env(value: dict[str, Any], ctx: Ctx) -> str:
+    env = value.get("env")
+    if not isinstance(env, str) or env not in ctx.core.config.environments or not isinstance(value.get("run"), str):
+        raise ValueError("malformed deploy button")
+    return env
+
+
+def _authorize_approve(value: dict[str, Any], ctx: Ctx) -> str | None:
+    env = _value_env(value, ctx)
+    ctx.core.authorizer.require(ctx.actor, Role.approver, env, f"approve deploys to {env}")
+    return env
+
+
+def _run_approve(value: dict[str, Any], ctx: Ctx) -> Reply:
+    assert ctx.session is not None
+    return _svc(ctx).approve(ctx.session, actor=ctx.actor, run_id=value["run"], env_name=value["env"],
+                             hash_prefix=str(value.get("h", "")))
+
+
+def _authorize_any_viewer(value: dict[str, Any], ctx: Ctx) -> str | None:
+    env = _value_env(value, ctx)
+    ctx.core.authorizer.require(ctx.actor, Role.viewer, env, f"act on deploys to {env}")
+    return env  # the handler checks the exact rule (requester, approver, admin / the item's role)
+
+
+def _run_abort(value: dict[str, Any], ctx: Ctx) -> Reply:
+    assert ctx.session is not None
+    return _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=value["run"], env_name=value["env"])
+
+
+def _run_tick(value: dict[str, Any], ctx: Ctx) -> Reply:
+    assert ctx.session is not None
+    step = value.get("step")
+    if not isinstance(step, int):
+        raise ValueError("malformed checklist button")
+    return _svc(ctx).tick(ctx.session, actor=ctx.actor, run_id=value["run"], env_name=value["env"], step_idx=step)
+
+
+def make_entries() -> tuple[list[CommandEntry], list[ActionEntry]]:
+    return ([CommandEntry(SPEC, _authorize_deploy, _run_deploy, needs_db=True),
+             CommandEntry(LOCK_SPEC, _authorize_lock, _run_lock, needs_db=True),
+             CommandEntry(UNLOCK_SPEC, _authorize_unlock, _run_unlock, needs_db=True)],
+            [ActionEntry(ActionId.deploy_approve, _authorize_approve, _run_approve),
+             ActionEntry(ActionId.deploy_abort, _authorize_any_viewer, _run_abort),
+             ActionEntry(ActionId.deploy_tick, _authorize_any_viewer, _run_tick)])

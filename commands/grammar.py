@@ -158,6 +158,8 @@ class CommandSpec:
     examples: Sequence[str] = ()
     details: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: the name registered with Slack when Slack reserves `name` (e.g. /status is a Slack built-in)
+    slack_name: str | None = None
 
     @property
     def usage(self) -> str:
@@ -176,6 +178,8 @@ class CommandSpec:
 
     def help_text(self) -> str:
         lines = [f"*/{self.name}* — {self.summary}", f"Usage: `{self.usage}`"]
+        if self.slack_name:
+            lines.append(f"In Slack type `/{self.slack_name}` (Slack reserves /{self.name} for itself).")
         if self.details:
             lines.append(self.details)
         for pos in self.positionals:

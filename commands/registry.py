@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.core.dispatch import ActionEntry, CommandEntry
-from commands import audit, help, status
+from commands import audit, deploy, help, status
 
 
 def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:
@@ -14,4 +14,9 @@ def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:
     audit_cmd, audit_page = audit.make_entries()
     commands["audit"] = audit_cmd
     actions[audit_page.action_id] = audit_page
+    deploy_commands, deploy_actions = deploy.make_entries()
+    for entry in deploy_commands:
+        commands[entry.spec.name] = entry
+    for action in deploy_actions:
+        actions[action.action_id] = action
     return commands, actions

@@ -23,6 +23,7 @@ SPEC = CommandSpec(
     target=Status,
     flags=(Flag("env", "only this environment", env_value, metavar="ENV"),),
     examples=("/status", "/status --env production"),
+    slack_name="swarm-status",
 )
 
 
@@ -63,11 +64,28 @@ def _run(cmd: Status, ctx: Ctx) -> Reply:
             f"Approvals required: {env.approvals_required}\n"
             f"Backends: Kubernetes {k8s} · Prometheus {prom} · trading API {trading}\n"
             f"Your roles: {', '.join(roles) if roles else 'none'}"
-        )
+        ) + _live(ctx, name)
         sections += [blocks.section(body), blocks.divider()]
         text_lines.append(body)
     return Reply("\n\n".join(text_lines), blocks.message(*sections[:-1]))
 
 
+def _live(ctx: Ctx, env: str) -> str:
+    """Locks and active runs, from the database (so every replica tells the same story)."""
+    if ctx.session is None or ctx.core.deploy is None:
+        return ""
+    from bot.core.deploy import locks
+    from bot.core.deploy.messages import STATE_TEXT
+    from bot.core.deploy.states import RunState
+
+    lines = []
+    holder = locks.current(ctx.session, env)
+    lines.append(f"\n:lock: {holder.describe()}" if holder else "\nLock: free")
+    for run in ctx.core.deploy.active_runs(ctx.session, env):
+        lines.append(f"\nRun `{run.id}`: {run.version} ({run.strategy}) — {STATE_TEXT[RunState(run.state)]}, "
+                     f"requested by {run.requested_name or run.requested_by}")
+    return "".join(lines)
+
+
 def make_entry() -> CommandEntry:
-    return CommandEntry(SPEC, _authorize, _run, needs_db=False)
+    return CommandEntry(SPEC, _authorize, _run, needs_db=True)

@@ -109,6 +109,7 @@ def test_audit_reply_arrives_via_response_url(bot: RunningBot) -> None:
     """/audit as root acks at once and the page arrives on the response_url, with an Older button."""
     for i in range(4):
         bot.command("/help", "", ALICE, trigger_id=f"h{i}")
+    bot.settle()
     resp = bot.command("/audit", "--limit 2", ROOT, name="page1")
     assert resp.status_code == 200 and resp.content == b""
     post = bot.fake.wait_for_response("page1")[0]

@@ -24,12 +24,13 @@ def test_subteam_grant_gives_role(tmp_path: Path) -> None:
             call = fake.wait_for("usergroups.users.list", timeout=10)[0]
             assert call.params["usergroup"] == "S0SRE"
             text = ""
-            for _ in range(50):  # the directory is filled right after the call returns
-                text = bot.command("/status", "--env production", ERIN).json()["text"]
+            for attempt in range(50):  # the directory is filled right after the call returns
+                bot.command("/status", "--env production", ERIN, name=f"s{attempt}")
+                text = fake.wait_for_response(f"s{attempt}")[0].body["text"]
                 if "approver" in text:
                     break
             assert "Your roles: approver, operator, viewer" in text
-            staging = bot.command("/status", "--env staging", ERIN).json()["text"]
-            assert "approver" not in staging
+            bot.command("/status", "--env staging", ERIN, name="staging")
+            assert "approver" not in fake.wait_for_response("staging")[0].body["text"]
         finally:
             bot.stop()

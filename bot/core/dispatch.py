@@ -43,6 +43,7 @@ class Core:
     backends: dict[str, str] = field(default_factory=dict)  # what is real and what is simulated
     #: last resort when the database itself is down: tell the user directly, bypassing the outbox
     direct_reply: Callable[[str | None, str | None, str, Reply], None] | None = None
+    deploy: Any = None  # bot.core.deploy.service.DeployService, wired by the container
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,11 +105,14 @@ class Dispatcher:
         self.commands = commands
         self.actions = actions
         self.metrics = metrics
+        # Slack-registered names of commands whose own name Slack reserves (/swarm-status -> status)
+        self.aliases = {e.spec.slack_name: name for name, e in commands.items() if e.spec.slack_name}
 
     # --- slash commands ---------------------------------------------------------------------------
     def prepare(self, inv: Invocation) -> Prepared:
         ctx = Ctx(self.core, inv.actor, inv.channel_id, inv.correlation_id, response_url=inv.response_url)
         name = inv.command.lstrip("/").lower()
+        name = self.aliases.get(name, name)
         audit_args: dict[str, Any] = {"command": f"/{name}", "text": inv.text[:500]}
         entry = self.commands.get(name)
         try:

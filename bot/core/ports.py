@@ -132,3 +132,14 @@ class HealthProbe(Protocol):
         """GET `url`; ok when it answers 2xx JSON containing every key/value of `expect`
         (nested dicts match recursively)."""
         ...
+
+
+@dataclass
+class EnvBackends:
+    """The backends wired for one environment (real or simulated; `labels` says which)."""
+
+    cluster: Cluster
+    metrics: MetricsSource
+    trading: TradingControls
+    probe: HealthProbe
+    labels: dict[str, str] = field(default_factory=dict)  # kubernetes/prometheus/trading_api -> description

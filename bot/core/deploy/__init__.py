@@ -1,0 +1,1 @@
+"""The deployment workflow: plan, approvals, locks, the durable step engine and its strategies."""

@@ -1,0 +1,131 @@
+"""The run's living message: plan, approvals, checklist with durations, canary state, final summary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bot import blocks
+from bot.core.deploy.locks import aware, utcnow
+from bot.core.deploy.plan import describe_duration
+from bot.core.deploy.states import RunState
+from bot.core.model import Reply
+from bot.ids import ActionId, encode_value
+from bot.persistence.models import Approval, DeployRun, RunStep
+
+ICONS = {"pending": "⬜", "running": "🔄", "done": "✅", "failed": "❌", "skipped": "⏭️", "waiting": "⏳"}
+STATE_TEXT = {
+    RunState.dry_run: "📝 Dry run: plan only, nothing will be changed",
+    RunState.pending_approval: "⏳ Waiting for approval",
+    RunState.queued: "▶️ Approved, starting",
+    RunState.running: "🔄 Running",
+    RunState.rolling_back: "⏪ Rolling back",
+    RunState.succeeded: "✅ Succeeded",
+    RunState.rolled_back: "⏪ Rolled back",
+    RunState.failed: "🚨 FAILED — needs a person",
+    RunState.aborted: "🛑 Aborted",
+    RunState.expired: "⌛ Expired: approvals did not arrive in time",
+}
+
+
+def _duration(step: RunStep) -> str:
+    start, end = aware(step.started_at), aware(step.finished_at)
+    if start is None:
+        return ""
+    return f" ({describe_duration(((end or utcnow()) - start).total_seconds())})"
+
+
+def step_line(step: RunStep) -> str:
+    icon = ICONS.get(step.status, "•")
+    if step.kind == "checklist" and step.status == "running":
+        icon = ICONS["waiting"]
+    line = f"{icon} {step.name}{_duration(step)}"
+    data = step.data or {}
+    if step.kind == "rollout" and data.get("weight") is not None and step.status == "running":
+        line += f" — canary at *{data['weight']}%*"
+    if data.get("analysis"):
+        line += f" — analysis: {data['analysis']}"
+    if step.detail and step.status in ("failed", "skipped", "done", "running"):
+        line += f"\n      _{step.detail[:300]}_"
+    return line
+
+
+def _who(user_id: str | None, name: str | None) -> str:
+    return name or (f"<@{user_id}>" if user_id else "?")
+
+
+def render_run(run: DeployRun, steps: list[RunStep], approvals: list[Approval]) -> Reply:
+    state = RunState(run.state)
+    plan: dict[str, Any] = run.plan
+    title = f"Deploy {run.version} → {run.environment} ({run.strategy})"
+    facts = [
+        ("Requested by", _who(run.requested_by, run.requested_name)),
+        ("State", STATE_TEXT[state]),
+        ("Image", f"`{run.image}`"),
+        ("Rollback target", f"`{run.previous_image or 'unknown'}`"),
+        ("Approvals", f"{len(approvals)}/{run.approvals_required}"
+         + (": " + ", ".join(_who(a.user_id, a.user_name) for a in approvals) if approvals else "")),
+        ("ETA", describe_duration(plan.get("eta_seconds", 0))),
+    ]
+    body: list[blocks.Block] = [blocks.header(title), blocks.fields(facts)]
+    if run.reason:
+        body.append(blocks.context(f"Reason: {run.reason}"))
+    deploy_steps = [s for s in steps if s.phase == "deploy"]
+    rollback_steps = [s for s in steps if s.phase == "rollback"]
+    body.append(blocks.section("*Steps*\n" + "\n".join(step_line(s) for s in deploy_steps)))
+    if rollback_steps:
+        body.append(blocks.section("*Rollback*\n" + "\n".join(step_line(s) for s in rollback_steps)))
+    if run.strategy == "canary" and plan.get("canary"):
+        c = plan["canary"]
+        checks = ", ".join(f"{k['name']} {k['op']} {k['threshold']:g}{k.get('unit', '')} fails"
+                           for k in plan.get("checks", []))
+        body.append(blocks.context(
+            f"Canary ({c['router']}): {' → '.join(f'{w}%' for w in c['steps'])}, analysis every "
+            f"{c['interval_seconds']:g}s × {c['intervals_per_step']} per step; roll back after {c['failure_limit']} "
+            f"failed or {c['inconclusive_limit']} inconclusive result(s). Checks: {checks}"))
+    if run.rollback_reason:
+        body.append(blocks.section(f"*Why it rolled back:* {run.rollback_reason}"))
+    if state in (RunState.succeeded, RunState.rolled_back, RunState.failed, RunState.aborted, RunState.expired):
+        body.append(blocks.context(_summary(run, approvals)))
+    buttons = _buttons(run, state, deploy_steps)
+    if buttons:
+        body.append(blocks.actions(*buttons, block_id=f"run:{run.id}"))
+    body.append(blocks.context(f"run `{run.id}` · plan `{run.plan_hash[:12]}`"))
+    text = f"{title}: {STATE_TEXT[state]}"
+    return Reply(text, blocks.message(*body), ephemeral=False)
+
+
+def _summary(run: DeployRun, approvals: list[Approval]) -> str:
+    start, end = aware(run.started_at), aware(run.finished_at)
+    took = describe_duration((end - start).total_seconds()) if start and end else "—"
+    approved = ", ".join(_who(a.user_id, a.user_name) for a in approvals) or "no approval needed"
+    text = (f"Summary: requested by {_who(run.requested_by, run.requested_name)}, approved by {approved}, "
+            f"took {took}, outcome: {run.outcome or run.state}")
+    if run.abort_requested_by:
+        text += f", aborted by <@{run.abort_requested_by}>"
+    return text
+
+
+def _buttons(run: DeployRun, state: RunState, steps: list[RunStep]) -> list[dict[str, Any]]:
+    value = {"run": run.id, "env": run.environment}
+    out: list[dict[str, Any]] = []
+    if state == RunState.pending_approval:
+        out.append(blocks.button("Approve", ActionId.deploy_approve, encode_value({**value, "h": run.plan_hash[:16]}),
+                                 style="primary"))
+    for step in steps:
+        if step.kind == "checklist" and step.status == "running":
+            out.append(blocks.button(f"Tick: {step.name}"[:75], ActionId.deploy_tick,
+                                     encode_value({**value, "step": step.idx})))
+    if state in (RunState.pending_approval, RunState.queued, RunState.running) and not run.abort_requested_by:
+        confirm = None
+        if state == RunState.running:
+            confirm = ("Abort and roll back?", f"This stops {run.version} in {run.environment} and rolls back "
+                       f"to {run.previous_image}.")
+        out.append(blocks.button("Abort", ActionId.deploy_abort, encode_value(value), style="danger",
+                                 confirm=confirm))
+    return out
+
+
+def when(moment: datetime | None) -> str:
+    moment = aware(moment)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"

@@ -1,0 +1,355 @@
+"""Step handlers (runbook 5.2-5.4, 8.2, 8.5, 8.6) and the rollback plan. Every handler is idempotent:
+it keeps its progress in `ctx.data`, so a resumed step continues instead of starting over."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from typing import Any
+
+from bot.core.analysis import AnalysisTracker, Check, analyse
+from bot.core.deploy.engine import Skipped, StepContext, StepFailed
+from bot.core.ports import WorkloadRef
+from bot.persistence.models import DeployRun, RunStep
+
+POLL = 0.5
+
+
+def _ref(ctx: StepContext) -> WorkloadRef:
+    t = ctx.plan["target"]
+    return WorkloadRef(t["namespace"], t["deployment"], t["container"])
+
+
+def _variables(ctx: StepContext) -> dict[str, str]:
+    t = ctx.plan["target"]
+    return {"namespace": t["namespace"], "deployment": t["deployment"], "canary": f"{t['deployment']}-canary",
+            "version": ctx.plan["version"]}
+
+
+def _checks(ctx: StepContext, *, whole_service: bool = False) -> list[Check]:
+    out = []
+    for c in ctx.plan["checks"]:
+        query = c["query"]
+        if whole_service:  # after promotion there is no canary: judge every version together
+            query = re.sub(r',\s*version="canary"|version="canary"\s*,?', "", query)
+        out.append(Check(c["name"], query, c["op"], float(c["threshold"]), c.get("unit", "")))
+    return out
+
+
+def wait_rollout(ctx: StepContext, ref: WorkloadRef, what: str) -> None:
+    timeout = float(ctx.plan.get("rollout_timeout", 600))
+    waited = 0.0
+    while True:
+        status = ctx.backends.cluster.rollout_status(ref)
+        if status.complete:
+            return
+        if status.failed:
+            raise StepFailed(f"{what}: rollout failed — {status.message or 'progress deadline exceeded'}")
+        if waited > timeout:
+            raise StepFailed(f"{what}: rollout not complete after {timeout:.0f}s "
+                             f"({status.available}/{status.desired} available)")
+        ctx.wait(POLL)
+        waited += POLL
+
+
+# --- deploy steps --------------------------------------------------------------------------------------
+def checklist(ctx: StepContext) -> str | None:
+    if not ctx.spec.get("blocking", True):
+        raise Skipped("reminder only (not blocking)")
+    while True:
+        data = ctx.fresh_data()
+        if data.get("ticked_by"):
+            ctx.data.update(data)
+            return f"ticked by {data.get('ticked_name') or data['ticked_by']}"
+        ctx.wait(1.0)
+
+
+def precheck(ctx: StepContext) -> str | None:
+    live = ctx.backends.cluster.current_image(_ref(ctx))
+    if live != ctx.plan["previous_image"] and live != ctx.plan["image"]:
+        raise StepFailed(f"the live image changed since the plan was made (now {live}); request the deploy again")
+    notes = [f"cluster reachable, live image {live}"]
+    if any(s["kind"].startswith("trading") for s in ctx.plan["steps"]):
+        status = ctx.backends.trading.status()
+        notes.append(f"trading API reachable ({status.active_bots}/{status.total_bots} bots active)")
+    return "; ".join(notes)
+
+
+def trading_stop(ctx: StepContext) -> str | None:
+    ctx.backends.trading.stop(f"deploy {ctx.plan['version']} (run {ctx.run_id})")
+    ctx.audit("trading.stop", "ok")
+    return "trading stopped"
+
+
+def maintenance_on(ctx: StepContext) -> str | None:
+    ctx.backends.trading.maintenance(True)
+    ctx.audit("trading.maintenance", "on")
+    return "maintenance mode on"
+
+
+def maintenance_off(ctx: StepContext) -> str | None:
+    ctx.backends.trading.maintenance(False)
+    ctx.audit("trading.maintenance", "off")
+    return "maintenance mode off"
+
+
+def trading_resume(ctx: StepContext) -> str | None:
+    fractions = ctx.spec.get("fractions") or [1.0]
+    for i in range(ctx.data.get("next", 0), len(fractions)):
+        if i > 0:
+            ctx.wait(float(ctx.spec.get("pause_seconds", 60)))
+        ctx.backends.trading.start(float(fractions[i]))
+        ctx.audit("trading.start", "ok", fraction=fractions[i])
+        ctx.save(next=i + 1, fraction=fractions[i])
+    return f"trading resumed ({' → '.join(f'{f:.0%}' for f in fractions)})"
+
+
+def _substitute(value: Any, variables: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for key, sub in variables.items():
+            value = value.replace("{" + key + "}", sub)
+        return value
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    return value
+
+
+def job(ctx: StepContext) -> str | None:
+    t = ctx.plan["target"]
+    name = re.sub(r"[^a-z0-9-]", "-", f"{ctx.run_id}-{ctx.spec['job']}".lower())[:63].strip("-")
+    manifest = _substitute(copy.deepcopy(ctx.spec["template"]), {"version": ctx.plan["version"],
+                                                                 "image": ctx.plan["image"], "run": ctx.run_id})
+    manifest.setdefault("apiVersion", "batch/v1")
+    manifest.setdefault("kind", "Job")
+    manifest.setdefault("metadata", {})["name"] = name
+    manifest["metadata"].setdefault("labels", {}).update({"swarm-chatops/run": ctx.run_id})
+    if not ctx.data.get("created"):
+        ctx.backends.cluster.create_job(t["namespace"], manifest)
+        ctx.audit("kubernetes.job.create", "ok", job=name)
+        ctx.save(created=True, job=name)
+    while True:
+        status = ctx.backends.cluster.job_status(t["namespace"], name)
+        if status.succeeded:
+            return f"job {name} succeeded"
+        if status.failed:
+            tail = ctx.backends.cluster.job_log_tail(t["namespace"], name)
+            ctx.note(f":x: Job `{name}` failed: {status.message}\n```{tail[-2500:]}```")
+            raise StepFailed(f"job {name} failed: {status.message or 'see the log in the thread'}")
+        ctx.wait(POLL)
+
+
+def health(ctx: StepContext) -> str | None:
+    probes = ctx.spec.get("probes") or []
+    if not probes:
+        return "no HTTP probes configured; Kubernetes readiness only"
+    passed = []
+    for probe in probes:
+        while True:
+            result = ctx.backends.probe.check(probe["url"], probe.get("expect") or {})
+            if result.ok:
+                passed.append(probe["name"])
+                break
+            ctx.data["last_probe_failure"] = f"{probe['name']}: {result.detail}"
+            try:
+                ctx.wait(2.0)
+            except StepFailed:
+                raise StepFailed(f"{probe['name']} ({probe['url']}): {result.detail}") from None
+    return "healthy: " + ", ".join(passed)
+
+
+def monitor(ctx: StepContext) -> str | None:
+    seconds = float(ctx.spec.get("seconds", 900))
+    interval = float(ctx.plan.get("canary", {}).get("interval_seconds", 30.0)) if ctx.plan.get("canary") else 30.0
+    interval = min(interval, max(1.0, seconds))
+    elapsed = float(ctx.data.get("elapsed", 0.0))
+    checks = _checks(ctx, whole_service=True)
+    while elapsed < seconds:
+        ctx.wait(min(interval, seconds - elapsed))
+        elapsed += min(interval, seconds - elapsed)
+        result = analyse(ctx.backends.metrics, checks, _variables(ctx))
+        ctx.audit("deploy.analysis", result.verdict, window="monitor", summary=result.summary())
+        ctx.note(f"Monitoring ({elapsed:.0f}/{seconds:.0f}s): *{result.verdict}* — {result.summary()}")
+        ctx.save(elapsed=elapsed, analysis=f"{result.verdict} ({result.summary()})"[:200])
+        if result.verdict == "fail":
+            raise StepFailed(f"monitoring window: {result.summary()}")
+    return f"watched {seconds:.0f}s: no check failed"
+
+
+# --- rollout strategies -----------------------------------------------------------------------------------
+def rollout(ctx: StepContext) -> str | None:
+    strategy = ctx.plan["strategy"]
+    if strategy == "canary":
+        return canary(ctx)
+    if strategy == "blue-green":
+        return blue_green(ctx)
+    ref = _ref(ctx)
+    ctx.backends.cluster.set_image(ref, ctx.plan["image"])
+    if not ctx.data.get("patched"):
+        ctx.audit("kubernetes.set_image", "ok", image=ctx.plan["image"])
+        ctx.save(patched=True)
+    wait_rollout(ctx, ref, ctx.plan["target"]["deployment"])
+    return f"{ctx.plan['image']} rolled out"
+
+
+def _canary_name(ctx: StepContext) -> str:
+    return f"{ctx.plan['target']['deployment']}-canary"
+
+
+def canary(ctx: StepContext) -> str | None:
+    c = ctx.plan["canary"]
+    cluster = ctx.backends.cluster
+    ref = _ref(ctx)
+    t = ctx.plan["target"]
+    name = _canary_name(ctx)
+    if "stable_replicas" not in ctx.data:
+        ctx.save(stable_replicas=cluster.replicas(t["namespace"], t["deployment"]))
+    total = max(1, int(ctx.data["stable_replicas"]))
+    checks = _checks(ctx)
+    weights: list[int] = c["steps"]
+    for i in range(int(ctx.data.get("step", 0)), len(weights)):
+        weight = weights[i]
+        if ctx.data.get("weight") != weight or ctx.data.get("step") != i:
+            ctx.save(step=i, weight=weight, analysis="starting", tracker=None)
+        canary_ref = WorkloadRef(t["namespace"], name, t["container"])
+        if c["router"] == "istio":
+            cluster.ensure_copy(ref, name, ctx.plan["image"], total, {"track": "canary"})
+            wait_rollout(ctx, canary_ref, name)
+            cluster.set_virtual_service_weights(t["namespace"], c.get("virtual_service") or t["deployment"],
+                                                c.get("host") or t["deployment"], c["stable_subset"],
+                                                c["canary_subset"], weight)
+        else:
+            canary_n = max(1, math.ceil(total * weight / 100))
+            cluster.ensure_copy(ref, name, ctx.plan["image"], canary_n, {"track": "canary"})
+            cluster.scale(t["namespace"], t["deployment"], max(0, total - canary_n))
+            wait_rollout(ctx, canary_ref, name)
+        ctx.audit("kubernetes.canary_weight", "ok", weight=weight, router=c["router"])
+        tracker = (AnalysisTracker.from_dict(ctx.data["tracker"]) if ctx.data.get("tracker") else
+                   AnalysisTracker(failure_limit=c["failure_limit"], inconclusive_limit=c["inconclusive_limit"],
+                                   intervals_required=c["intervals_per_step"]))
+        while not tracker.decided:
+            ctx.wait(float(c["interval_seconds"]))
+            result = analyse(ctx.backends.metrics, checks, _variables(ctx))
+            decision = tracker.record(result)
+            ctx.audit("deploy.analysis", result.verdict, weight=weight, decision=decision, summary=result.summary())
+            ctx.note(f"Canary {weight}%: *{result.verdict}* — {result.summary()}")
+            ctx.save(tracker=tracker.to_dict(), analysis=f"{result.verdict} at {weight}% ({result.summary()})"[:240])
+            if decision == "rollback":
+                raise StepFailed(f"canary analysis at {weight}%: {tracker.reason} — {result.summary()}")
+    # promote: the stable Deployment takes the new version, the canary goes away
+    ctx.save(promoting=True, analysis="promoting")
+    cluster.set_image(ref, ctx.plan["image"])
+    cluster.scale(t["namespace"], t["deployment"], total)
+    wait_rollout(ctx, ref, t["deployment"])
+    if c["router"] == "istio":
+        cluster.set_virtual_service_weights(t["namespace"], c.get("virtual_service") or t["deployment"],
+                                            c.get("host") or t["deployment"], c["stable_subset"], c["canary_subset"], 0)
+    cluster.delete_deployment(t["namespace"], name)
+    ctx.audit("kubernetes.canary_promote", "ok", image=ctx.plan["image"])
+    ctx.save(promoted=True, analysis="promoted")
+    return f"canary passed {len(weights)} step(s); promoted {ctx.plan['image']}"
+
+
+def blue_green(ctx: StepContext) -> str | None:
+    bg = ctx.plan["blue_green"]
+    cluster = ctx.backends.cluster
+    t = ctx.plan["target"]
+    service = bg.get("service") or t["deployment"]
+    label = bg["label"]
+    if "original_selector" not in ctx.data:
+        selector = cluster.service_selector(t["namespace"], service)
+        active = selector.get(label, "blue")
+        ctx.save(original_selector=selector, active=active, idle="green" if active == "blue" else "blue",
+                 replicas=cluster.replicas(t["namespace"], t["deployment"]))
+    idle = ctx.data["idle"]
+    name = f"{t['deployment']}-{idle}"
+    cluster.ensure_copy(_ref(ctx), name, ctx.plan["image"], int(ctx.data["replicas"]), {label: idle})
+    ctx.audit("kubernetes.blue_green.deploy", "ok", colour=idle, image=ctx.plan["image"])
+    wait_rollout(ctx, WorkloadRef(t["namespace"], name, t["container"]), name)
+    for probe in ctx.plan["steps"][ctx.idx].get("probes", []) or []:
+        result = ctx.backends.probe.check(probe["url"].replace("{colour}", idle), probe.get("expect") or {})
+        if not result.ok:
+            raise StepFailed(f"{idle} colour unhealthy before the switch: {probe['name']}: {result.detail}")
+    new_selector = {**ctx.data["original_selector"], label: idle}
+    cluster.set_service_selector(t["namespace"], service, new_selector)
+    ctx.audit("kubernetes.service_switch", "ok", service=service, selector=new_selector)
+    ctx.save(switched=True, analysis=f"traffic on {idle}; {ctx.data['active']} kept for instant switch back")
+    watched = float(ctx.data.get("watched", 0.0))
+    window = float(bg.get("monitor_seconds", 300))
+    checks = _checks(ctx, whole_service=True)
+    while watched < window:
+        step = min(10.0, window - watched)
+        ctx.wait(step)
+        watched += step
+        result = analyse(ctx.backends.metrics, checks, _variables(ctx))
+        ctx.save(watched=watched, analysis=f"{result.verdict} after switch ({result.summary()})"[:240])
+        if result.verdict == "fail":
+            raise StepFailed(f"after the switch to {idle}: {result.summary()}")
+    return f"traffic switched to {idle}; {ctx.data['active']} kept running"
+
+
+HANDLERS = {"checklist": checklist, "precheck": precheck, "trading_stop": trading_stop,
+            "maintenance_on": maintenance_on, "maintenance_off": maintenance_off, "trading_resume": trading_resume,
+            "job": job, "rollout": rollout, "health": health, "monitor": monitor}
+
+
+# --- rollback --------------------------------------------------------------------------------------------
+def restore(ctx: StepContext) -> str | None:
+    """Put the workload back as it was before the run (runbook 8.2 step 2, 8.5 switch back, 8.6 0 %)."""
+    plan = ctx.plan
+    cluster = ctx.backends.cluster
+    ref = _ref(ctx)
+    t = plan["target"]
+    rollout_data: dict[str, Any] = ctx.spec.get("rollout_data") or {}
+    done = []
+    if plan["strategy"] == "blue-green" and rollout_data.get("original_selector"):
+        service = plan["blue_green"].get("service") or t["deployment"]
+        cluster.set_service_selector(t["namespace"], service, rollout_data["original_selector"])
+        ctx.audit("kubernetes.service_switch", "rollback", selector=rollout_data["original_selector"])
+        done.append(f"traffic switched back to {rollout_data.get('active')}")
+    if plan["strategy"] == "canary":
+        c = plan["canary"]
+        if c["router"] == "istio":
+            cluster.set_virtual_service_weights(t["namespace"], c.get("virtual_service") or t["deployment"],
+                                                c.get("host") or t["deployment"], c["stable_subset"],
+                                                c["canary_subset"], 0)
+        if rollout_data.get("stable_replicas"):
+            cluster.scale(t["namespace"], t["deployment"], int(rollout_data["stable_replicas"]))
+        cluster.delete_deployment(t["namespace"], _canary_name(ctx))
+        ctx.audit("kubernetes.canary_reset", "rollback", router=c["router"])
+        done.append("canary removed, all traffic on stable")
+    if cluster.current_image(ref) != plan["previous_image"]:
+        cluster.set_image(ref, plan["previous_image"])
+        ctx.audit("kubernetes.set_image", "rollback", image=plan["previous_image"])
+        done.append(f"{t['deployment']} set back to {plan['previous_image']}")
+    wait_rollout(ctx, ref, t["deployment"])
+    return "; ".join(done) or "nothing had changed in the cluster"
+
+
+ROLLBACK_HANDLERS = {"restore": restore, "rb_health": health, "rb_maintenance_off": maintenance_off,
+                     "rb_trading_resume": trading_resume}
+
+
+def rollback_plan(run: DeployRun, steps: list[RunStep]) -> list[dict[str, Any]]:
+    deploy = {s.kind: s for s in steps if s.phase == "deploy"}
+    touched = {s.kind for s in steps if s.phase == "deploy" and s.status in ("done", "running", "failed")}
+    plan_steps = run.plan["steps"]
+    timeout = float(run.plan.get("rollout_timeout", 600)) + 60
+    specs: list[dict[str, Any]] = []
+    rollout_step = deploy.get("rollout")
+    if "rollout" in touched or "job" in touched:
+        specs.append({"kind": "restore", "name": f"Restore {run.previous_image}", "timeout": timeout,
+                      "rollout_data": dict(rollout_step.data or {}) if rollout_step else {}})
+        health_spec = next((s for s in plan_steps if s["kind"] == "health"), None)
+        specs.append({"kind": "rb_health", "name": "Verify health after rollback", "timeout": 180,
+                      "probes": health_spec.get("probes", []) if health_spec else []})
+    if "maintenance_on" in touched and deploy["maintenance_on"].status == "done":
+        specs.append({"kind": "rb_maintenance_off", "name": "Maintenance mode off", "timeout": 60})
+    if "trading_stop" in touched and deploy["trading_stop"].status == "done":
+        resume = next((s for s in plan_steps if s["kind"] == "trading_resume"), {})
+        specs.append({"kind": "rb_trading_resume", "name": "Resume trading gradually (runbook 8.2 step 5)",
+                      "fractions": resume.get("fractions", [0.25, 0.5, 1.0]),
+                      "pause_seconds": resume.get("pause_seconds", 60), "timeout": 3600})
+    return specs

@@ -1,0 +1,170 @@
+"""manifest.yml: valid for Slack, and in step with the commands, events and Slack calls in the code.
+
+The schema is Slack's published one, read from the read-only `shared/` folder that sits beside the
+repository clone (`<repo>/../shared/slack-manifest-schema/`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+import yaml
+
+from commands import registry
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = REPO / "manifest.yml"
+SCHEMA = REPO.parent / "shared" / "slack-manifest-schema" / "manifest.schema.1.0.0.json"
+SLACK_PATH = "/slack/events"  # the one route bot/http.py serves Slack on
+
+# Each bot scope the manifest may request, and the code that needs it (a Slack Web API method as
+# slack_sdk spells it). `commands` is needed by the slash commands themselves.
+SCOPE_NEEDS = {
+    "chat:write": ("chat_postMessage", "chat_update", "chat_postEphemeral"),
+    "usergroups:read": ("usergroups_users_list",),
+    "users:read": ("users_info",),
+}
+_EVENT_LISTENER = re.compile(r"""\.event\(\s*["']([a-z_]+)["']""")
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
+
+
+def _source(*folders: str) -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for f in folders for p in sorted((REPO / f).rglob("*.py")))
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    """manifest.yml parsed."""
+    data = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), "manifest.yml must be a mapping"
+    return data
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    """Slack's manifest schema 1.0.0 from ../shared."""
+    if not SCHEMA.is_file():
+        pytest.fail(f"Slack manifest schema not found at {SCHEMA} (shared/ must sit beside the repository)")
+    return json.loads(SCHEMA.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def listed_specs() -> dict[str, Any]:
+    """Command name -> CommandSpec for every command the registry lists."""
+    commands, _actions = registry.build()
+    return {entry.spec.name: entry.spec for entry in commands.values() if entry.listed}
+
+
+def _slash_commands(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Command name in the registry -> manifest entry (a Slack name like /swarm-status maps to status)."""
+    commands, _actions = registry.build()
+    by_slack_name = {e.spec.slack_name: name for name, e in commands.items() if e.spec.slack_name}
+    items = manifest.get("features", {}).get("slash_commands", [])
+    return {by_slack_name.get(item["command"].lstrip("/"), item["command"].lstrip("/")): item for item in items}
+
+
+# Slack's built-in commands, which an app cannot register (its manifest is rejected as a whole)
+SLACK_RESERVED = {"status", "me", "join", "away", "dnd", "shrug", "remind", "msg", "feed", "who", "collapse",
+                  "expand", "leave", "open", "search", "topic", "mute", "pro", "shortcuts"}
+
+
+def test_manifest_avoids_slack_reserved_names(manifest: dict[str, Any]) -> None:
+    """No manifest command uses a name Slack reserves for its built-ins (e.g. /status)."""
+    names = {item["command"].lstrip("/") for item in manifest["features"]["slash_commands"]}
+    assert not names & SLACK_RESERVED, f"reserved by Slack: {sorted(names & SLACK_RESERVED)}"
+
+
+def test_manifest_is_valid_for_slack(manifest: dict[str, Any], schema: dict[str, Any]) -> None:
+    """manifest.yml validates against Slack's manifest schema 1.0.0 (every problem listed)."""
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    validator = validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+                for e in validator.iter_errors(manifest)]
+    assert not problems, "manifest.yml is invalid:\n" + "\n".join(problems)
+
+
+def test_manifest_is_major_version_1(manifest: dict[str, Any]) -> None:
+    """The manifest declares major version 1, the schema it is checked against."""
+    assert manifest["_metadata"]["major_version"] == 1
+
+
+def test_manifest_has_exactly_the_listed_commands(manifest: dict[str, Any], listed_specs: dict[str, Any]) -> None:
+    """Every listed command in the registry is in the manifest, and the manifest has no others."""
+    in_manifest = set(_slash_commands(manifest))
+    missing = sorted(set(listed_specs) - in_manifest)
+    extra = sorted(in_manifest - set(listed_specs))
+    assert not missing, f"commands missing from manifest.yml: {['/' + n for n in missing]}"
+    assert not extra, f"manifest.yml has commands the registry does not list: {['/' + n for n in extra]}"
+
+
+def test_commands_are_described_and_unescaped(manifest: dict[str, Any]) -> None:
+    """Each slash command has a description, a usage hint and should_escape false."""
+    for name, item in _slash_commands(manifest).items():
+        assert item.get("description", "").strip(), f"/{name} has no description"
+        assert item.get("usage_hint", "").strip(), f"/{name} has no usage_hint"
+        assert item.get("should_escape") is False, f"/{name}: should_escape must be false"
+
+
+def test_usage_hints_name_only_real_options(manifest: dict[str, Any], listed_specs: dict[str, Any]) -> None:
+    """A usage hint offers no --option that its command does not accept."""
+    for name, item in _slash_commands(manifest).items():
+        spec = listed_specs.get(name)
+        if spec is None:
+            continue  # reported by test_manifest_has_exactly_the_listed_commands
+        accepted = {flag.name for flag in spec.flags} | {"help"}
+        unknown = sorted(set(_FLAG.findall(item.get("usage_hint", ""))) - accepted)
+        assert not unknown, f"/{name} usage_hint offers options it does not accept: {unknown}"
+
+
+def test_request_urls_all_point_at_slack_events(manifest: dict[str, Any]) -> None:
+    """Commands, interactivity and events all use one HTTPS URL ending in /slack/events."""
+    settings = manifest["settings"]
+    urls = {item["url"] for item in _slash_commands(manifest).values()}
+    assert settings["interactivity"]["is_enabled"] is True
+    urls.add(settings["interactivity"]["request_url"])
+    if "event_subscriptions" in settings:
+        urls.add(settings["event_subscriptions"]["request_url"])
+    assert len(urls) == 1, f"request URLs differ: {sorted(urls)}"
+    url = urlsplit(urls.pop())
+    assert url.scheme == "https" and url.path == SLACK_PATH, f"expected https://<host>{SLACK_PATH}"
+
+
+def test_bot_events_match_the_bolt_listeners(manifest: dict[str, Any]) -> None:
+    """The manifest subscribes to exactly the events bot/slack/ listens to."""
+    listened = set(_EVENT_LISTENER.findall(_source("bot/slack")))
+    subscribed = set(manifest["settings"].get("event_subscriptions", {}).get("bot_events", []))
+    assert subscribed == listened, f"bot_events {sorted(subscribed)} but listeners for {sorted(listened)}"
+    home_tab = manifest["features"].get("app_home", {}).get("home_tab_enabled", False)
+    assert home_tab == ("app_home_opened" in listened), "home_tab_enabled must follow the app_home_opened listener"
+
+
+def test_every_bot_scope_is_used_by_the_code(manifest: dict[str, Any]) -> None:
+    """Least privilege: each requested bot scope is needed by a Slack call the code makes."""
+    code = _source("bot", "commands", "integrations")
+    scopes = manifest["oauth_config"]["scopes"]["bot"]
+    assert "commands" in scopes
+    for scope in scopes:
+        if scope == "commands":
+            continue
+        assert scope in SCOPE_NEEDS, f"{scope}: unknown scope; add the call that needs it to SCOPE_NEEDS"
+        assert any(call in code for call in SCOPE_NEEDS[scope]), f"{scope}: no code calls {SCOPE_NEEDS[scope]}"
+
+
+def test_no_scope_the_code_needs_is_missing(manifest: dict[str, Any]) -> None:
+    """Every Slack call in the code that needs a scope has that scope in the manifest."""
+    code = _source("bot", "commands", "integrations")
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    needed = {scope for scope, calls in SCOPE_NEEDS.items() if any(call in code for call in calls)}
+    assert needed <= scopes, f"scopes missing from manifest.yml: {sorted(needed - scopes)}"
+
+
+def test_socket_mode_is_off_by_default(manifest: dict[str, Any]) -> None:
+    """The shipped manifest is for HTTP mode (README explains switching to Socket Mode)."""
+    assert manifest["settings"]["socket_mode_enabled"] is False
