@@ -9,11 +9,16 @@ import signal
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
 
 from bot.core.redact import redact_text
 from bot.errors import ChatOpsError, ConfigError
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.persistence.db import Database
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -120,22 +125,36 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     db = Database(settings.database_url)
-    if args.db_command == "upgrade":
-        db.upgrade(args.revision)
-        print(f"database at revision {db.current_revision()}")
-    else:
+    try:
+        if args.db_command == "upgrade":
+            db.upgrade(args.revision)
+            print(f"database at revision {db.current_revision()}")
+            return EXIT_OK
         current, head = db.current_revision(), db.head_revision()
         print(f"current {current}, head {head}" + ("" if current == head else " — run `chatops db upgrade`"))
         return EXIT_OK if current == head else EXIT_FAIL
-    return EXIT_OK
+    finally:
+        db.dispose()
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from bot.persistence import audit
     from bot.persistence.db import Database
 
     settings = load_settings(args)
     db = Database(settings.database_url)
+    ready, reason = db.readiness()
+    if not ready:
+        db.dispose()
+        raise ChatOpsError(f"the audit log cannot be read: {reason}")
+    try:
+        return _audit(args, settings, db)
+    finally:
+        db.dispose()
+
+
+def _audit(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    from bot.persistence import audit
+
     if args.audit_command == "verify":
         with db.read() as session:
             result = audit.verify(session)

@@ -200,7 +200,7 @@ class Environment(_Strict):
         return value
 
     def tag_allowed(self, version: str) -> bool:
-        return re.fullmatch(self.allowed_tags, version) is not None
+        return re.fullmatch(self.allowed_tags, version, flags=re.ASCII) is not None
 
 
 class Config(_Strict):

@@ -103,8 +103,13 @@ def _run(cmd: Audit, ctx: Ctx) -> Reply:
 def _from_value(value: dict[str, Any]) -> tuple[Audit, int | None]:
     before = value.get("before")
     fields = {k: value[k] for k in ("actor", "env", "since", "until", "action", "limit") if k in value}
-    if before is not None and not isinstance(before, int):
+    if before is not None and (not isinstance(before, int) or isinstance(before, bool)):
         raise ValueError("malformed page marker")
+    types = {"actor": str, "env": str, "since": str, "until": str, "action": str, "limit": int}
+    if any(not isinstance(v, types[k]) or isinstance(v, bool) for k, v in fields.items()):
+        raise ValueError("malformed audit page button")
+    if not 1 <= fields.get("limit", 10) <= 50:
+        raise ValueError("malformed audit page button (limit)")
     try:
         return Audit(**fields), before
     except TypeError:

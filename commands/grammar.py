@@ -19,7 +19,7 @@ from bot.errors import CommandError, UnknownEnvironment
 
 MAX_INPUT = 2000
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00a0": " "})
-VERSION_RE = re.compile(r"^v?\d{1,4}(\.\d{1,4}){1,2}(-[0-9A-Za-z][0-9A-Za-z.-]{0,30})?$")
+VERSION_RE = re.compile(r"^v?[0-9]{1,4}(\.[0-9]{1,4}){1,2}(-[0-9A-Za-z][0-9A-Za-z.-]{0,30})?$")
 _DURATION_RE = re.compile(r"^(\d{1,5})([mhdw])$")
 _MENTION_RE = re.compile(r"^<@([UW][A-Z0-9]{2,})(\|[^>]*)?>$")
 
@@ -37,7 +37,9 @@ def tokenize(text: str) -> list[str]:
                 quote = None
             else:
                 buf.append(ch)
-        elif ch in "\"'":
+        elif ch in "\"'" and (not buf or ch == '"'):
+            # a quote opens quoting at a token's start (or "...": always); inside a word an
+            # apostrophe is just a letter: --reason don't
             quote = ch
             in_token = True
         elif ch.isspace():
@@ -108,7 +110,11 @@ def when_value(raw: str, _ctx: ParseContext) -> str:
             raise ValueError(f"{raw!r} is not a time (use 2026-11-27, 2026-11-27T10:00 or 24h / 7d)") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{raw!r} is out of range") from None
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def int_value(low: int, high: int) -> ValueParser:

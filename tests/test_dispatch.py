@@ -345,10 +345,24 @@ def test_click_with_a_malformed_value_is_a_usage_error(dispatcher: Dispatcher, d
 
 @pytest.mark.xfail(strict=True, reason="Dispatcher.prepare_action has no catch-all: a TypeError from "
                                        "authorize escapes to the front end (bug)")
+def test_mistyped_button_value_is_refused_clearly(dispatcher: Dispatcher, database: Database) -> None:
+    """An audit page button whose env is a list is refused as malformed, not with a crash."""
+    prepared = dispatcher.prepare_action(click("audit.page", '{"env": ["production"]}'))
+    prepared.job()
+    assert prepared.outcome == "usage_error"
+    assert "malformed" in outbox_texts(database)[0]
+
+
 def test_unexpected_exception_while_authorizing_a_click_gives_an_error_id(dispatcher: Dispatcher,
                                                                          database: Database) -> None:
-    """An audit page button whose env is a list (TypeError in authorize) is answered with an error id."""
-    prepared = dispatcher.prepare_action(click("audit.page", '{"env": ["production"]}'))
+    """A bug inside a button's permission check is answered with an error id, not a traceback."""
+    from bot.core.dispatch import ActionEntry
+
+    def broken(_value: dict, _ctx: object) -> str:
+        raise KeyError("bug")
+
+    dispatcher.actions["test.broken"] = ActionEntry("test.broken", broken, lambda v, c: None)  # type: ignore[arg-type]
+    prepared = dispatcher.prepare_action(click("test.broken", "{}"))
     prepared.job()
     assert prepared.outcome == "internal_error"
     assert ERROR_ID.search(outbox_texts(database)[0])

@@ -170,7 +170,7 @@ class Dispatcher:
             environment = entry.authorize(value, ctx)
         except ValueError as exc:
             return self._finish_now_action(inv, ctx, name, Reply(f":warning: {exc}"), "usage_error", audit_args)
-        except ChatOpsError as exc:
+        except Exception as exc:  # ChatOpsError, or a bug: never a traceback to the user
             text, outcome = user_message(exc)
             return self._finish_now_action(inv, ctx, name, Reply(text), outcome, audit_args,
                                            getattr(exc, "environment", None))

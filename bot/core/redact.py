@@ -8,14 +8,14 @@ from typing import Any
 REDACTED = "***"
 
 _SECRET_KEY = re.compile(
-    r"(pass(word|wd)?|secret|token|api[_-]?key|apikey|credential|private[_-]?key|auth(orization)?|"
+    r"(pass(word|wd)?|secret|token|api[_-]?key|apikey|credential|private[_-]?key|authorization|^auth$|"
     r"signature|cookie|session[_-]?id|client[_-]?secret)",
     re.IGNORECASE,
 )
 # values that are secrets whatever key they sit under
 _SECRET_VALUE = re.compile(
     r"(xox[abposr]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,}|"
-    r"hvs\.[A-Za-z0-9_-]{10,}|s\.[A-Za-z0-9]{20,}|"
+    r"hvs\.[A-Za-z0-9_-]{10,}|(?<![\w.])s\.[A-Za-z0-9]{24}\b|"
     r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|"
     r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|"
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----)"
