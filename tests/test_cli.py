@@ -324,8 +324,6 @@ def test_audit_verify_catches_a_rehashed_last_record(chatops: Chatops, audited_d
         "audit chain BROKEN at record 5: the audit head does not match the last record")
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="cmd_audit lets SQLAlchemy's 'no such table' escape as a traceback (bug)")
 def test_audit_verify_on_an_unmigrated_database_is_an_error_not_a_traceback(
         chatops: Chatops, capsys: Capsys) -> None:
     """Verifying a database that was never migrated says so and exits non-zero."""

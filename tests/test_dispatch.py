@@ -343,8 +343,6 @@ def test_click_with_a_malformed_value_is_a_usage_error(dispatcher: Dispatcher, d
     assert outbox_texts(database) == [":warning: button value is not JSON"]
 
 
-@pytest.mark.xfail(strict=True, reason="Dispatcher.prepare_action has no catch-all: a TypeError from "
-                                       "authorize escapes to the front end (bug)")
 def test_mistyped_button_value_is_refused_clearly(dispatcher: Dispatcher, database: Database) -> None:
     """An audit page button whose env is a list is refused as malformed, not with a crash."""
     prepared = dispatcher.prepare_action(click("audit.page", '{"env": ["production"]}'))
