@@ -14,7 +14,8 @@ from bot.core.deploy.engine import Executor
 from bot.core.deploy.service import DeployService
 from bot.core.deploy.steps import HANDLERS, ROLLBACK_HANDLERS, rollback_plan
 from bot.core.ports import EnvBackends
-from bot.core.dispatch import Core, Dispatcher
+from bot.core.context import Core
+from commands.dispatch import Dispatcher
 from bot.core.model import Reply
 from bot.core.rbac import Authorizer, GroupDirectory
 from bot.metrics import Metrics

@@ -8,7 +8,7 @@ from typing import Any
 
 from bot import blocks
 from bot.config import Role
-from bot.core.dispatch import ActionEntry, CommandEntry, Ctx
+from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.ids import ActionId, encode_value
 from bot.persistence import audit as audit_log

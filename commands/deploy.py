@@ -7,7 +7,7 @@ from typing import Any
 
 from bot.config import Role
 from bot.core.deploy.service import DeployService
-from bot.core.dispatch import ActionEntry, CommandEntry, Ctx
+from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.errors import UnknownEnvironment
 from bot.ids import ActionId

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot import blocks
-from bot.core.dispatch import CommandEntry, Ctx
+from commands.dispatch import CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.errors import UnknownCommand
 from commands.grammar import CommandSpec, ParseContext, Positional

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bot import blocks
-from bot.core.dispatch import CommandEntry, Core
+from bot.core.context import Core
+from commands.dispatch import CommandEntry
 
 
 def home_view(core: Core, user_id: str, commands: dict[str, CommandEntry]) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.core.dispatch import ActionEntry, CommandEntry
+from commands.dispatch import ActionEntry, CommandEntry
 from commands import audit, deploy, help, status
 
 

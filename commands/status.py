@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from bot import blocks
 from bot.config import Role
-from bot.core.dispatch import CommandEntry, Ctx
+from commands.dispatch import CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.errors import PermissionDenied
 from commands.grammar import CommandSpec, Flag, env_value

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from bot.config import Config, load_config
-from bot.core.dispatch import CommandEntry, Core, Ctx, Dispatcher
+from bot.core.context import Core
+from commands.dispatch import CommandEntry, Ctx, Dispatcher
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
 from bot.core.rbac import Authorizer
 from bot.errors import Conflict
@@ -354,7 +355,7 @@ def test_mistyped_button_value_is_refused_clearly(dispatcher: Dispatcher, databa
 def test_unexpected_exception_while_authorizing_a_click_gives_an_error_id(dispatcher: Dispatcher,
                                                                          database: Database) -> None:
     """A bug inside a button's permission check is answered with an error id, not a traceback."""
-    from bot.core.dispatch import ActionEntry
+    from commands.dispatch import ActionEntry
 
     def broken(_value: dict, _ctx: object) -> str:
         raise KeyError("bug")

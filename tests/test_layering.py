@@ -47,7 +47,7 @@ def slack_modules_loaded_by(modules: list[str]) -> list[str]:
 def test_discovery_finds_the_core_modules() -> None:
     """The module walk sees the modules this test is meant to guard."""
     found = set(core_modules())
-    assert {"bot.core.dispatch", "bot.core.rbac", "bot.core.redact", "commands.grammar", "commands.audit",
+    assert {"commands.dispatch", "bot.core.rbac", "bot.core.redact", "commands.grammar", "commands.audit",
             "commands.registry", "bot.persistence.audit", "bot.persistence.db", "bot.outbox"} <= found
 
 
@@ -61,3 +61,20 @@ def test_probe_detects_slack_imports(module: str) -> None:
     """The probe does see Slack when a module that uses it is imported (so the check above can fail)."""
     loaded = slack_modules_loaded_by([module])
     assert any(name.startswith(SLACK_PACKAGES) for name in loaded)
+
+
+def test_core_does_not_import_front_ends_or_commands() -> None:
+    """bot.core depends on nothing above it: no commands/, no Slack adapter, no console, no integrations."""
+    import ast
+
+    offenders = []
+    for path in (REPO / "bot" / "core").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.split(".")[0] in ("commands", "integrations") or name.startswith(
+                        ("bot.slack", "bot.console", "bot.http", "bot.container", "bot.cli")):
+                    offenders.append(f"{path.relative_to(REPO)} imports {name}")
+    assert offenders == []

@@ -1,4 +1,4 @@
-"""From an invocation to an acknowledgement and a background job (Slack-free).
+"""The commands layer's router: from an invocation to an acknowledgement and a background job (Slack-free).
 
 `prepare()` does only in-memory work (look-up, parse, permission check, and for commands that
 need no database, the answer itself) so a front end can acknowledge at once. The returned
@@ -11,40 +11,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.config import Config
+from bot.core.context import Core
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
-from bot.core.rbac import Authorizer
 from bot.errors import BackendUnavailable, ChatOpsError, CommandError, UnknownCommand, user_message
 from bot.metrics import Metrics
-from bot.outbox import Outbox
 from bot.persistence.audit import AuditEntry, append
-from bot.persistence.db import Database
 from bot.persistence.models import ProcessedRequest
 from commands.grammar import CommandSpec, HelpRequest, ParseContext, parse_args
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Core:
-    """The ports and policies a handler may use; built once by the composition root."""
-
-    config: Config
-    authorizer: Authorizer
-    db: Database
-    outbox: Outbox
-    backends: dict[str, str] = field(default_factory=dict)  # what is real and what is simulated
-    #: last resort when the database itself is down: tell the user directly, bypassing the outbox
-    direct_reply: Callable[[str | None, str | None, str, Reply], None] | None = None
-    deploy: Any = None  # bot.core.deploy.service.DeployService, wired by the container
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,28 @@
+"""What a command handler may use: the ports and policies, built once by the composition root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.config import Config
+from bot.core.model import Reply
+from bot.core.rbac import Authorizer
+from bot.outbox import Outbox
+from bot.persistence.db import Database
+
+
+@dataclass
+class Core:
+    """The ports and policies a handler may use; built once by the composition root."""
+
+    config: Config
+    authorizer: Authorizer
+    db: Database
+    outbox: Outbox
+    backends: dict[str, str] = field(default_factory=dict)  # what is real and what is simulated
+    #: last resort when the database itself is down: tell the user directly, bypassing the outbox
+    direct_reply: Callable[[str | None, str | None, str, Reply], None] | None = None
+    deploy: Any = None  # bot.core.deploy.service.DeployService, wired by the container
+    extras: dict[str, Any] = field(default_factory=dict)
