@@ -43,7 +43,7 @@ def setup_logging(settings: Settings) -> None:
     handler.setFormatter(RedactingFormatter(settings.log_format == "json"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper() if settings.log_level.upper() in logging._nameToLevel else "INFO")
+    root.setLevel(settings.log_level)
     for noisy in ("slack_bolt", "slack_sdk", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -100,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # persisted that is a clean stop, so the re-raised signal is absorbed and we exit 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+    # log_config=None: uvicorn's loggers go through our handler (redaction, JSON lines)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, log_config=None,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 1, lifespan="on")
     return EXIT_OK
 

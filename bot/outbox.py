@@ -166,9 +166,13 @@ class OutboxWorker:
 
     def _loop(self, poll_seconds: float) -> None:
         failing_since: float | None = None
+        next_prune = time.monotonic() + 60
         while not self._stop.is_set():
             self.wakeup.clear()
             try:
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 3600
+                    self.prune()
                 worked = self.drain_once()
                 wait = 0.0 if worked else self._next_wait(poll_seconds)
                 if failing_since is not None:
@@ -184,6 +188,20 @@ class OutboxWorker:
                 self._idle.set()
                 self.wakeup.wait(wait)
                 self._idle.clear()
+
+    def prune(self, older_than: timedelta = timedelta(days=7)) -> int:
+        """Forget delivered outbox rows and idempotency keys older than `older_than` (Slack stops
+        retrying a delivery within minutes; a week keeps plenty of margin)."""
+        from sqlalchemy import delete
+
+        from bot.persistence.models import ProcessedRequest
+
+        cutoff = utcnow() - older_than
+        with self.db.transaction() as session:
+            sent = session.execute(delete(OutboxMessage).where(OutboxMessage.status == "sent",
+                                                               OutboxMessage.sent_at < cutoff)).rowcount
+            keys = session.execute(delete(ProcessedRequest).where(ProcessedRequest.created_at < cutoff)).rowcount
+        return int(sent or 0) + int(keys or 0)
 
     def _next_wait(self, poll_seconds: float) -> float:
         with self.db.read() as session:

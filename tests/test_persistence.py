@@ -188,3 +188,28 @@ def test_export_filters_and_formats(database: Database) -> None:
         audit.export(audit.iter_records(session, audit.AuditFilter()), "csv", out)
     assert out.getvalue().splitlines()[0].startswith("seq,ts,actor_id")
     assert len(out.getvalue().splitlines()) == 3
+
+
+def test_prune_forgets_old_deliveries_and_keys_only(database: Database) -> None:
+    """Pruning removes sent outbox rows and idempotency keys older than the cut-off, nothing newer or pending."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, select
+
+    from bot.metrics import Metrics
+    from bot.outbox import OutboxWorker
+    from bot.persistence.models import OutboxMessage
+
+    old, new = datetime.now(UTC) - timedelta(days=8), datetime.now(UTC)
+    with database.transaction() as session:
+        for when, status in ((old, "sent"), (new, "sent"), (old, "pending"), (old, "dead")):
+            session.add(OutboxMessage(created_at=when, kind="post", channel="C1", payload={"text": "x"},
+                                      status=status, attempts=1, not_before=when, sent_at=when))
+        session.add(ProcessedRequest(key="old", kind="command", created_at=old))
+        session.add(ProcessedRequest(key="new", kind="command", created_at=new))
+    worker = OutboxWorker(database, transport=None, metrics=Metrics(), max_attempts=3)  # type: ignore[arg-type]
+    assert worker.prune() == 2
+    with database.read() as session:
+        statuses = sorted(session.execute(select(OutboxMessage.status)).scalars())
+        keys = session.execute(select(func.count()).select_from(ProcessedRequest)).scalar_one()
+    assert statuses == ["dead", "pending", "sent"] and keys == 1

@@ -79,7 +79,8 @@ def build_bolt(container: Container) -> AsyncApp:
 
     app = AsyncApp(
         # Bolt's own client (used by Socket Mode for apps.connections.open) honours CHATOPS_SLACK_API_URL
-        client=AsyncWebClient(token=token or None, base_url=container.settings.slack_api_url),
+        # no token here: `authorize` supplies it per request (a token too would only be ignored)
+        client=AsyncWebClient(base_url=container.settings.slack_api_url),
         signing_secret=container.settings.secret("slack_signing_secret") or "verified-upstream",
         authorize=authorize,
         request_verification_enabled=False,
