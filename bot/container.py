@@ -126,7 +126,8 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     tasks = TaskRunner(metrics, workers=settings.worker_threads)
     worker = OutboxWorker(db, transport, metrics, max_attempts=settings.outbox_max_attempts)
     outbox.subscribe(worker.wakeup)
-    executor = Executor(db, deploy, {**HANDLERS, **ROLLBACK_HANDLERS}, rollback_plan)
+    executor = Executor(db, deploy, {**HANDLERS, **ROLLBACK_HANDLERS}, rollback_plan,
+                        lease_seconds=settings.deploy_lease_seconds)
     return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, executor, sims,
                      threads, stoppers)
 

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     worker_threads: int = Field(8, ge=1, le=64, description="Bounded background task concurrency")
     shutdown_grace_seconds: float = Field(20.0, ge=0, description="SIGTERM: time to finish in-flight work")
     outbox_max_attempts: int = Field(8, ge=1, description="Delivery attempts before a message is dead")
+    deploy_lease_seconds: float = Field(15.0, ge=1, le=300, description="How long a deploy run stays claimed "
+                                        "by a process that stopped renewing (then another resumes it)")
 
     @field_validator("slack_api_url")
     @classmethod

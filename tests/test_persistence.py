@@ -213,3 +213,16 @@ def test_prune_forgets_old_deliveries_and_keys_only(database: Database) -> None:
         statuses = sorted(session.execute(select(OutboxMessage.status)).scalars())
         keys = session.execute(select(func.count()).select_from(ProcessedRequest)).scalar_one()
     assert statuses == ["dead", "pending", "sent"] and keys == 1
+
+
+def test_verify_catches_a_record_appended_behind_the_heads_back(database: Database) -> None:
+    """A record inserted after the last one without going through the chain head is reported."""
+    _fill(database, 2)
+    with database.engine.begin() as conn:
+        row = conn.execute(text("SELECT * FROM audit_log WHERE seq = 2")).mappings().one()
+        conn.execute(text("INSERT INTO audit_log (seq, ts, actor_id, actor_name, channel, environment, action, "
+                          "args, outcome, correlation_id, prev_hash, hash) VALUES (3, :ts, 'U0EVIL', NULL, NULL, "
+                          "NULL, 'forged', '{}', 'ok', 'x', :prev, :hash)"),
+                     {"ts": row["ts"], "prev": row["hash"], "hash": "f" * 64})
+    result = _verify(database)
+    assert not result.ok and result.first_bad_seq == 3

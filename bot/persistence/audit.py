@@ -93,10 +93,17 @@ class VerifyResult:
 
 def verify(session: Session) -> VerifyResult:
     """Walk the chain in order; name the first altered, removed or reordered record."""
+    # the head first: it commits with its record, so every record up to it is visible even while other
+    # processes keep appending (a READ COMMITTED reader would otherwise see a head ahead of its rows)
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
+    if head is None:
+        return VerifyResult(False, 0, None, "the audit head row is missing")
+    head_seq, head_hash = head.seq, head.hash
     prev_hash = GENESIS
     expected = 1
     checked = 0
-    rows = session.execute(select(AuditRecord).order_by(AuditRecord.seq)).scalars()
+    rows = session.execute(select(AuditRecord).where(AuditRecord.seq <= head_seq)
+                           .order_by(AuditRecord.seq)).scalars()
     for row in rows.yield_per(1000) if hasattr(rows, "yield_per") else rows:
         values = {name: getattr(row, name) for name in HASHED_FIELDS}
         if row.seq != expected:
@@ -111,14 +118,15 @@ def verify(session: Session) -> VerifyResult:
         prev_hash = row.hash
         expected += 1
         checked += 1
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
-    if head is None:
-        return VerifyResult(False, checked, None, "the audit head row is missing")
-    if head.seq != checked or head.hash != prev_hash:
-        if head.seq > checked:
+    if head_seq != checked or head_hash != prev_hash:
+        if head_seq > checked:
             return VerifyResult(False, checked, checked + 1,
-                                f"records {checked + 1}..{head.seq} were removed from the end")
-        return VerifyResult(False, checked, head.seq, "the audit head does not match the last record")
+                                f"records {checked + 1}..{head_seq} were removed from the end")
+        return VerifyResult(False, checked, head_seq, "the audit head does not match the last record")
+    extra = session.execute(select(AuditRecord.seq).where(AuditRecord.seq > head_seq)
+                            .order_by(AuditRecord.seq).limit(1)).scalar_one_or_none()
+    if extra is not None and session.execute(select(AuditHead.seq).where(AuditHead.id == 1)).scalar_one() < extra:
+        return VerifyResult(False, checked, extra, f"record {extra} lies beyond the chain head (inserted?)")
     return VerifyResult(True, checked)
 
 

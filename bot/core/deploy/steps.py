@@ -225,7 +225,9 @@ def canary(ctx: StepContext) -> str | None:
             cluster.ensure_copy(ref, name, ctx.plan["image"], canary_n, {"track": "canary"})
             cluster.scale(t["namespace"], t["deployment"], max(0, total - canary_n))
             wait_rollout(ctx, canary_ref, name)
-        ctx.audit("kubernetes.canary_weight", "ok", weight=weight, router=c["router"])
+        if ctx.data.get("applied") != weight:  # a resumed step re-applies (idempotently) but records once
+            ctx.audit("kubernetes.canary_weight", "ok", weight=weight, router=c["router"])
+            ctx.save(applied=weight)
         tracker = (AnalysisTracker.from_dict(ctx.data["tracker"]) if ctx.data.get("tracker") else
                    AnalysisTracker(failure_limit=c["failure_limit"], inconclusive_limit=c["inconclusive_limit"],
                                    intervals_required=c["intervals_per_step"]))
