@@ -75,11 +75,17 @@ class ConsoleTransport:
                 msg = self._by_ts.get(payload["ts"])
             if msg is None:
                 raise PermanentError("message_not_found")
+            before = render(msg.text, msg.blocks, self.names.get).splitlines()
             msg.text, msg.blocks = text, blocks
             with self._lock:  # the updated message is now the latest one with its buttons
                 self.messages.remove(msg)
                 self.messages.append(msg)
-            self.print(f"[#{channel}] bot updated its message:", text, blocks)
+            after = render(text, blocks, self.names.get).splitlines()
+            changed = [line for line in after if line not in before]
+            header = f"[#{channel}] bot updated its message ({len(changed)} changed line(s); `show` prints it whole):"
+            with self._lock:
+                self.out.write(header + "\n" + "".join(line + "\n" for line in changed))
+                self.out.flush()
             return Delivered(channel, payload["ts"])
         if kind == "ephemeral":
             user = self.names.get(payload["user"], payload["user"])
@@ -101,6 +107,10 @@ class ConsoleTransport:
             self.print("[App Home updated]", "", payload.get("view", {}).get("blocks"))
             return Delivered()
         raise PermanentError(f"unknown kind {kind}")
+
+    def latest(self) -> ShownMessage | None:
+        with self._lock:
+            return self.messages[-1] if self.messages else None
 
     def find_button(self, label: str) -> tuple[ShownMessage, dict[str, Any]] | None:
         wanted = label.strip().lower()
@@ -156,6 +166,11 @@ class Console:
             self._sim(line.split()[1:])
         elif line.split()[0] == "wait":
             self._wait(line.split()[1:])
+        elif line == "show":
+            msg = self.t.latest()
+            if msg is None:
+                raise LineFailed("no message to show yet")
+            self.t.print(f"[#{msg.channel}] latest message:", msg.text, msg.blocks)
         elif line in ("help", "?"):
             self.out.write("Type a slash command (/help), `as <person>`, `click <button label>`, "
                            "`sim error-rate 0.2` (simulated backends), `wait`, or `quit`.\n")
@@ -249,12 +264,15 @@ class Console:
         self.c.tasks.submit(prepared.name, prepared.job)
 
     def run_script(self, lines: Iterable[str]) -> int:
+        previous_comment = False
         for number, raw in enumerate(lines, 1):
             line = raw.rstrip("\n")
-            if line.strip() and not line.lstrip().startswith("#"):
+            is_comment = line.lstrip().startswith("#")
+            if line.strip() and not is_comment:
                 self.out.write(f"\n{self.actor_name}> {line.strip()}\n")
             elif line.strip():
-                self.out.write(f"\n{line.strip()}\n")
+                self.out.write(("" if previous_comment else "\n") + f"{line.strip()}\n")
+            previous_comment = is_comment
             try:
                 self.run_line(line)
                 self.settle()
