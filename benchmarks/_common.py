@@ -68,12 +68,14 @@ def spawn(argv: Sequence[str], env: dict[str, str], cwd: Path, log_name: str) ->
         log.close()
 
 
-def spawn_chatops(port: int, env: dict[str, str], cwd: Path, log_name: str = "chatops.log") -> subprocess.Popen[bytes]:
+def spawn_chatops(port: int, env: dict[str, str], cwd: Path,
+                  log_name: str = "chatops.log") -> subprocess.Popen[bytes]:
     # cwd is the temp dir so that no stray .env of the repo is read
     return spawn([*chatops_command(), "serve", "--host", HOST, "--port", str(port)], env, cwd, log_name)
 
 
-def spawn_bare_bolt(port: int, env: dict[str, str], cwd: Path, log_name: str = "bare_bolt.log") -> subprocess.Popen[bytes]:
+def spawn_bare_bolt(port: int, env: dict[str, str], cwd: Path,
+                    log_name: str = "bare_bolt.log") -> subprocess.Popen[bytes]:
     return spawn([sys.executable, str(BENCH_DIR / "bare_bolt_app.py"), "--host", HOST, "--port", str(port)],
                  env, cwd, log_name)
 

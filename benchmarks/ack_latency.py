@@ -11,10 +11,11 @@ whole response:
 The two servers take turns in short blocks (ABBA order), so that noise on a small machine
 falls on both; after each block against the bot, the benchmark waits until the bot's
 background tasks (audit and idempotency writes) have drained, so that they do not slow
-the baseline's next block. The bot's own `chatops_ack_latency_seconds` histogram is scraped
-from /metrics before and after each phase to show the server-side ack time.
+the baseline's next block (the wait is reported). The bot's own `chatops_ack_latency_seconds`
+histogram is scraped from /metrics before and after each phase to show the server-side ack
+time, and /proc gives the CPU time each server spent per request.
 
-    .venv/bin/python benchmarks/ack_latency.py            # defaults: 30 warm-up, 300 seq, 20 x 50 concurrent
+    .venv/bin/python benchmarks/ack_latency.py     # defaults: 30 warm-up, 300 sequential, 20 x 50 concurrent
 
 The last line is `ack_ratio_p99=<bot p99 / baseline p99, concurrent> seq_p50_ms=<bot sequential p50>`.
 """
@@ -26,12 +27,15 @@ import asyncio
 import itertools
 import re
 import secrets
+import shutil
+import ssl
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import Popen
 from urllib.parse import urlencode
 
 import httpx
@@ -40,11 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 RESPONSE_URL = "https://hooks.slack.com/commands/x"
+# every httpx client builds a TLS context unless given one (~30 ms of CPU each); plain http here, so share one
+TLS = ssl.create_default_context()
 _counter = itertools.count(1)
 
 
 def command_body(run_id: str) -> bytes:
-    n = next(_counter)
     form = {
         "token": "deprecated-verification-token",
         "team_id": "T0BENCH01",
@@ -58,7 +63,7 @@ def command_body(run_id: str) -> bytes:
         "api_app_id": "A0BENCH01",
         "is_enterprise_install": "false",
         "response_url": RESPONSE_URL,
-        "trigger_id": f"{n}.{run_id}.{uuid.uuid4().hex}",
+        "trigger_id": f"{next(_counter)}.{run_id}.{uuid.uuid4().hex}",
     }
     return urlencode(form).encode()
 
@@ -67,14 +72,14 @@ def command_body(run_id: str) -> bytes:
 class Target:
     name: str
     port: int
-    proc: object
+    proc: Popen[bytes]
     log: Path
     secret: str
     is_bot: bool
     seq: list[float] = field(default_factory=list)
     conc: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
     conc_turns: list[list[float]] = field(default_factory=list)  # the concurrent samples, turn by turn
+    errors: list[str] = field(default_factory=list)
     sent: int = 0  # every request, warm-up included
     drain_wait: float = 0.0  # seconds spent after its turns waiting for background work to finish
 
@@ -84,20 +89,20 @@ class Target:
 
 
 # --- one request -------------------------------------------------------------------------------------
-def _check(target: Target, resp: httpx.Response) -> None:
+def _done(target: Target, resp: httpx.Response) -> None:
+    target.sent += 1
     if resp.status_code != 200:
         target.errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
 
 
 def send_sync(client: httpx.Client, target: Target, run_id: str) -> float:
     body = command_body(run_id)
-    headers = c.slack_headers(target.secret, body)
+    headers = c.slack_headers(target.secret, body)  # signing is not part of the measured time
     t0 = time.perf_counter()
     resp = client.post(target.url, content=body, headers=headers)
     resp.read()
     elapsed = time.perf_counter() - t0
-    _check(target, resp)
-    target.sent += 1
+    _done(target, resp)
     return elapsed
 
 
@@ -108,13 +113,13 @@ async def send_async(client: httpx.AsyncClient, target: Target, run_id: str) -> 
     resp = await client.post(target.url, content=body, headers=headers)
     await resp.aread()
     elapsed = time.perf_counter() - t0
-    _check(target, resp)
-    target.sent += 1
+    _done(target, resp)
     return elapsed
 
 
 # --- the bot's /metrics --------------------------------------------------------------------------------
-_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$')
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
+ACK = "chatops_ack_latency_seconds"
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -128,12 +133,11 @@ def scrape(port: int) -> dict[str, float]:
         if not m:
             continue
         name, labels, value = m["name"], m["labels"] or "", float(m["value"])
-        if name == "chatops_ack_latency_seconds_bucket":
+        if name == f"{ACK}_bucket":
             le = re.search(r'le="([^"]+)"', labels)
             if le:
                 out[f"bucket:{le.group(1)}"] = value
-        elif name in ("chatops_ack_latency_seconds_sum", "chatops_ack_latency_seconds_count",
-                      "chatops_background_tasks_in_flight"):
+        elif name in (f"{ACK}_sum", f"{ACK}_count", "chatops_background_tasks_in_flight"):
             out[name] = value
         elif name == "chatops_background_tasks_failed_total":
             out["tasks_failed"] = out.get("tasks_failed", 0.0) + value
@@ -141,14 +145,14 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def histogram_summary(before: dict[str, float], after: dict[str, float]) -> str:
-    count = after.get("chatops_ack_latency_seconds_count", 0) - before.get("chatops_ack_latency_seconds_count", 0)
-    total = after.get("chatops_ack_latency_seconds_sum", 0) - before.get("chatops_ack_latency_seconds_sum", 0)
+    count = after.get(f"{ACK}_count", 0) - before.get(f"{ACK}_count", 0)
+    total = after.get(f"{ACK}_sum", 0) - before.get(f"{ACK}_sum", 0)
     if count <= 0:
         return "no samples"
     bounds = sorted((float(k[7:]), after[k] - before.get(k, 0)) for k in after if k.startswith("bucket:"))
 
     def quantile(q: float) -> str:
-        # Prometheus histogram_quantile: linear inside the bucket holding the rank
+        # as Prometheus' histogram_quantile: linear inside the bucket that holds the rank
         rank = q * count
         prev_bound, prev_count = 0.0, 0.0
         for bound, cum in bounds:
@@ -160,10 +164,13 @@ def histogram_summary(before: dict[str, float], after: dict[str, float]) -> str:
             prev_bound, prev_count = bound, cum
         return "?"
 
-    le = {b: n for b, n in bounds}
-    under = lambda s: 100.0 * le.get(s, 0) / count  # noqa: E731
-    return (f"n={int(count)} mean={total / count * 1000:.2f} ms  ~p50={quantile(0.5)} ms  ~p99={quantile(0.99)} ms  "
-            f"(<=2ms {under(0.002):.0f}%, <=5ms {under(0.005):.0f}%, <=10ms {under(0.01):.0f}%)")
+    cumulative = dict(bounds)
+
+    def share(bound: float) -> str:
+        return f"{100.0 * cumulative.get(bound, 0) / count:.0f}%"
+
+    return (f"n={int(count)} mean={total / count * 1000:.2f} ms  ~p50={quantile(0.5)} ms  "
+            f"~p99={quantile(0.99)} ms  (<=2ms {share(0.002)}, <=5ms {share(0.005)}, <=10ms {share(0.01)})")
 
 
 def wait_drained(target: Target, timeout: float = 60.0) -> float:
@@ -196,7 +203,7 @@ def run_sequential(targets: list[Target], clients: dict[str, httpx.Client], run_
     rounds = (total + block - 1) // block
     for r in range(rounds):
         n = min(block, total - r * block)
-        for t in abba(r, *targets):
+        for t in abba(r, targets[0], targets[1]):
             for _ in range(n):
                 t.seq.append(send_sync(clients[t.name], t, run_id))
             if t.is_bot:
@@ -214,9 +221,11 @@ async def _concurrent_block(target: Target, pool: list[httpx.AsyncClient], per_c
     await asyncio.gather(*(one_client(cl) for cl in pool))
 
 
-async def run_concurrent(targets: list[Target], n_clients: int, per_client: int, rounds: int, run_id: str) -> None:
+async def run_concurrent(targets: list[Target], n_clients: int, per_client: int, rounds: int,
+                         run_id: str) -> None:
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=60)
-    pools = {t.name: [httpx.AsyncClient(limits=limits, timeout=30) for _ in range(n_clients)] for t in targets}
+    pools = {t.name: [httpx.AsyncClient(limits=limits, timeout=30, verify=TLS) for _ in range(n_clients)]
+             for t in targets}
     try:
         for t in targets:  # open every connection, warm both servers at this concurrency
             await _concurrent_block(t, pools[t.name], 3, run_id, None)
@@ -227,7 +236,7 @@ async def run_concurrent(targets: list[Target], n_clients: int, per_client: int,
             n = base + (1 if r < extra else 0)
             if n == 0:
                 continue
-            for t in abba(r, *targets):
+            for t in abba(r, targets[0], targets[1]):
                 turn: list[float] = []
                 await _concurrent_block(t, pools[t.name], n, run_id, turn)
                 t.conc.extend(turn)
@@ -240,8 +249,18 @@ async def run_concurrent(targets: list[Target], n_clients: int, per_client: int,
                 await cl.aclose()
 
 
-def snapshot_cpu(targets: tuple[Target, ...]) -> dict[str, tuple[float, int]]:
-    return {t.name: (c.cpu_seconds(t.proc.pid), t.sent) for t in targets}  # type: ignore[attr-defined]
+@dataclass
+class Snapshot:
+    """What changes over a phase: the bot's metrics, each server's CPU and requests, our own CPU."""
+
+    metrics: dict[str, float]
+    cpu: dict[str, tuple[float, int]]
+    client_cpu: float
+
+    @classmethod
+    def take(cls, bot: Target, base: Target) -> Snapshot:
+        return cls(scrape(bot.port), {t.name: (c.cpu_seconds(t.proc.pid), t.sent) for t in (bot, base)},
+                   time.process_time())
 
 
 # --- report ------------------------------------------------------------------------------------------------
@@ -249,95 +268,13 @@ def ms(x: float) -> str:
     return f"{x * 1000:7.2f}"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description="ack latency of `chatops serve` vs a bare Bolt app")
-    p.add_argument("--warmup", type=int, default=30, help="sequential warm-up requests per server")
-    p.add_argument("--seq", type=int, default=300, help="measured sequential requests per server")
-    p.add_argument("--seq-block", type=int, default=25, help="sequential requests per turn")
-    p.add_argument("--clients", type=int, default=20, help="concurrent clients")
-    p.add_argument("--per-client", type=int, default=50, help="requests per concurrent client")
-    p.add_argument("--rounds", type=int, default=10, help="turns per server in the concurrent phase")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
-    p.add_argument("--bot-wrapper", metavar="SCRIPT",
-                   help="A/B experiments: run `python SCRIPT serve ...` instead of `chatops serve` (SCRIPT may "
-                        "patch the bot, then call bot.cli.main(sys.argv[1:]))")
-    args = p.parse_args()
-
-    secret = secrets.token_hex(16)
-    run_id = secrets.token_hex(4)
-    tmp = Path(tempfile.mkdtemp(prefix="chatops-ack-bench-"))
-    env = c.chatops_env(tmp, signing_secret=secret)
-    procs = []
-    try:
-        bot_port, base_port = c.free_port(), c.free_port()
-        if args.bot_wrapper:
-            bot_proc = c.spawn([sys.executable, str(Path(args.bot_wrapper).resolve()), "serve", "--host", c.HOST,
-                                "--port", str(bot_port)], env, tmp, "chatops.log")
-        else:
-            bot_proc = c.spawn_chatops(bot_port, env, tmp)
-        procs.append(bot_proc)
-        base_proc = c.spawn_bare_bolt(base_port, env, tmp)
-        procs.append(base_proc)
-        bot = Target("chatops", bot_port, bot_proc, tmp / "chatops.log", secret, True)
-        base = Target("bare-bolt", base_port, base_proc, tmp / "bare_bolt.log", secret, False)
-        for t in (bot, base):
-            try:
-                took = c.wait_ready(t.proc, t.port, timeout=30.0)  # type: ignore[arg-type]
-            except (RuntimeError, TimeoutError) as exc:
-                print(f"{t.name} did not become ready: {exc}\n{c.tail(t.log)}", file=sys.stderr)
-                return 1
-            print(f"{t.name}: ready on 127.0.0.1:{t.port} after {took:.2f}s")
-
-        clients = {t.name: httpx.Client(timeout=30, limits=httpx.Limits(max_connections=1)) for t in (bot, base)}
-        try:
-            for t in (bot, base):  # is it a real, signed, successful slash command?
-                body = command_body(run_id)
-                resp = clients[t.name].post(t.url, content=body, headers=c.slack_headers(secret, body))
-                preview = resp.text.replace("\n", " ")[:90]
-                print(f"{t.name}: probe -> HTTP {resp.status_code} {preview!r}")
-                bad = clients[t.name].post(t.url, content=body, headers=c.slack_headers("wrong-secret", body))
-                print(f"{t.name}: badly signed probe -> HTTP {bad.status_code} (must be 401)")
-                if resp.status_code != 200 or bad.status_code != 401:
-                    print(f"{t.name} does not behave like a Slack endpoint; stopping\n{c.tail(t.log)}",
-                          file=sys.stderr)
-                    return 1
-            wait_drained(bot)
-
-            m0 = scrape(bot.port)
-            cpu0 = snapshot_cpu((bot, base))
-            client_cpu0 = time.process_time()
-            t0 = time.perf_counter()
-            run_sequential([bot, base], clients, run_id, warmup=args.warmup, total=args.seq, block=args.seq_block)
-            seq_wall = time.perf_counter() - t0
-            m1 = scrape(bot.port)
-            cpu1 = snapshot_cpu((bot, base))
-        finally:
-            for cl in clients.values():
-                cl.close()
-        client_cpu_seq = time.process_time() - client_cpu0
-        client_cpu1 = time.process_time()
-        t0 = time.perf_counter()
-        asyncio.run(run_concurrent([bot, base], args.clients, args.per_client, args.rounds, run_id))
-        conc_wall = time.perf_counter() - t0
-        client_cpu_conc = time.process_time() - client_cpu1
-        m2 = scrape(bot.port)
-        cpu2 = snapshot_cpu((bot, base))
-    finally:
-        for proc in procs:
-            c.stop(proc)  # type: ignore[arg-type]
-
-    for t in (bot, base):
-        if t.errors:
-            print(f"{t.name}: {len(t.errors)} failed request(s), first: {t.errors[0]}", file=sys.stderr)
-    if bot.errors or base.errors:
-        print("requests failed; figures are not valid", file=sys.stderr)
-        return 1
-
+def report(bot: Target, base: Target, snaps: list[Snapshot], args: argparse.Namespace,
+           walls: tuple[float, float]) -> dict[tuple[str, int], float]:
     print()
-    print(f"sequential: {args.warmup} warm-up then {args.seq} measured per server, one keep-alive connection, "
-          f"turns of {args.seq_block} (ABBA)  [{seq_wall:.1f}s]")
+    print(f"sequential: {args.warmup} warm-up then {args.seq} measured per server, one keep-alive "
+          f"connection, turns of {args.seq_block} (ABBA)  [{walls[0]:.1f}s]")
     print(f"concurrent: {args.clients} clients x {args.per_client} requests per server, one keep-alive "
-          f"connection per client, {args.rounds} turns (ABBA)  [{conc_wall:.1f}s]")
+          f"connection per client, {args.rounds} turns (ABBA)  [{walls[1]:.1f}s]")
     print()
     print(f"{'client-observed latency, ms':34} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'mean':>7}")
     rows = [("sequential", "seq"), ("concurrent", "conc")]
@@ -353,39 +290,126 @@ def main() -> int:
         for q in (50, 99):
             ratios[(attr, q)] = c.percentile(getattr(bot, attr), q) / c.percentile(getattr(base, attr), q)
             print(f"  {label:11} p{q}: {ratios[(attr, q)]:.3f}")
-    pairs = [c.percentile(a, 99) / c.percentile(b, 99) for a, b in zip(bot.conc_turns, base.conc_turns, strict=True)]
+    pairs = [c.percentile(a, 99) / c.percentile(b, 99)
+             for a, b in zip(bot.conc_turns, base.conc_turns, strict=True)]
     if pairs:
         print(f"  (noise check: concurrent p99 ratio turn by turn: min {min(pairs):.2f}, median "
               f"{c.median(pairs):.2f}, max {max(pairs):.2f} over {len(pairs)} turns)")
     print()
     print("server-side ack time (chatops_ack_latency_seconds from /metrics, bucket estimates):")
-    print(f"  sequential (incl. warm-up): {histogram_summary(m0, m1)}")
-    print(f"  concurrent (incl. warm-up): {histogram_summary(m1, m2)}")
+    print(f"  sequential (incl. warm-up): {histogram_summary(snaps[0].metrics, snaps[1].metrics)}")
+    print(f"  concurrent (incl. warm-up): {histogram_summary(snaps[1].metrics, snaps[2].metrics)}")
     print()
-    print("server CPU (user+sys, all threads) per request, warm-up and drain waits included:")
-    for label, a, b in (("sequential", cpu0, cpu1), ("concurrent", cpu1, cpu2)):
-        parts = []
+    print("CPU time (user+sys, all threads) per request, warm-up and drain waits included:")
+    for label, a, b in (("sequential", snaps[0], snaps[1]), ("concurrent", snaps[1], snaps[2])):
+        parts, sent = [], 0
         for t in (bot, base):
-            (c_a, n_a), (c_b, n_b) = a[t.name], b[t.name]
-            parts.append(f"{t.name} {(c_b - c_a) / max(1, n_b - n_a) * 1000:.2f} ms")
+            (cpu_a, n_a), (cpu_b, n_b) = a.cpu[t.name], b.cpu[t.name]
+            parts.append(f"{t.name} {(cpu_b - cpu_a) / max(1, n_b - n_a) * 1000:.2f} ms")
+            sent += n_b - n_a
+        parts.append(f"load generator {(b.client_cpu - a.client_cpu) / max(1, sent) * 1000:.2f} ms")
         print(f"  {label:11} " + ",  ".join(parts))
-    print(f"  load generator (this process, both servers' requests): sequential "
-          f"{client_cpu_seq / max(1, cpu1[bot.name][1] - cpu0[bot.name][1] + cpu1[base.name][1] - cpu0[base.name][1]) * 1000:.2f} ms, "
-          f"concurrent {client_cpu_conc / max(1, cpu2[bot.name][1] - cpu1[bot.name][1] + cpu2[base.name][1] - cpu1[base.name][1]) * 1000:.2f} ms")
-    print(f"  chatops: {bot.drain_wait:.1f}s spent after its turns waiting for background tasks to drain")
-    if m2.get("tasks_failed", 0):
-        print(f"  note: {int(m2['tasks_failed'])} background task(s) failed (see the server log)")
-    if args.keep:
-        print(f"logs and database kept in {tmp}")
-    else:
-        import shutil
+    print(f"  chatops: {bot.drain_wait:.1f}s spent after its turns waiting for its background tasks to drain")
+    failed = int(snaps[2].metrics.get("tasks_failed", 0))
+    if failed:
+        print(f"  note: {failed} background task(s) failed (see the server log)")
+    return ratios
 
-        shutil.rmtree(tmp, ignore_errors=True)
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="ack latency of `chatops serve` vs a bare Bolt app")
+    p.add_argument("--warmup", type=int, default=30, help="sequential warm-up requests per server")
+    p.add_argument("--seq", type=int, default=300, help="measured sequential requests per server")
+    p.add_argument("--seq-block", type=int, default=25, help="sequential requests per turn")
+    p.add_argument("--clients", type=int, default=20, help="concurrent clients")
+    p.add_argument("--per-client", type=int, default=50, help="requests per concurrent client")
+    p.add_argument("--rounds", type=int, default=10, help="turns per server in the concurrent phase")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
+    p.add_argument("--bot-wrapper", metavar="SCRIPT",
+                   help="A/B experiments: run `python SCRIPT serve ...` instead of `chatops serve` "
+                        "(SCRIPT may patch the bot, then call bot.cli.main(sys.argv[1:]))")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="chatops-ack-bench-"))
+    try:
+        return run(args, tmp)
+    finally:
+        if args.keep:
+            print(f"logs and database kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> int:
+    secret = secrets.token_hex(16)
+    run_id = secrets.token_hex(4)
+    env = c.chatops_env(tmp, signing_secret=secret)
+    procs: list[Popen[bytes]] = []
+    try:
+        bot_port, base_port = c.free_port(), c.free_port()
+        if args.bot_wrapper:
+            procs.append(c.spawn([sys.executable, str(Path(args.bot_wrapper).resolve()), "serve", "--host",
+                                  c.HOST, "--port", str(bot_port)], env, tmp, "chatops.log"))
+        else:
+            procs.append(c.spawn_chatops(bot_port, env, tmp))
+        procs.append(c.spawn_bare_bolt(base_port, env, tmp))
+        bot = Target("chatops", bot_port, procs[0], tmp / "chatops.log", secret, True)
+        base = Target("bare-bolt", base_port, procs[1], tmp / "bare_bolt.log", secret, False)
+        for t in (bot, base):
+            try:
+                took = c.wait_ready(t.proc, t.port, timeout=30.0)
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"{t.name} did not become ready: {exc}\n{c.tail(t.log)}", file=sys.stderr)
+                return 1
+            print(f"{t.name}: ready on 127.0.0.1:{t.port} after {took:.2f}s")
+
+        one_connection = httpx.Limits(max_connections=1)
+        clients = {t.name: httpx.Client(timeout=30, limits=one_connection, verify=TLS) for t in (bot, base)}
+        try:
+            for t in (bot, base):  # is it a real, signed, successful slash command? is a bad one refused?
+                body = command_body(run_id)
+                resp = clients[t.name].post(t.url, content=body, headers=c.slack_headers(secret, body))
+                print(f"{t.name}: probe -> HTTP {resp.status_code} {resp.text.replace(chr(10), ' ')[:90]!r}")
+                bad = clients[t.name].post(t.url, content=body, headers=c.slack_headers("wrong-secret", body))
+                print(f"{t.name}: badly signed probe -> HTTP {bad.status_code} (must be 401)")
+                if resp.status_code != 200 or bad.status_code != 401:
+                    print(f"{t.name} does not behave like a Slack endpoint; stopping\n{c.tail(t.log)}",
+                          file=sys.stderr)
+                    return 1
+            wait_drained(bot)
+            bot.drain_wait = 0.0
+
+            snaps = [Snapshot.take(bot, base)]
+            t0 = time.perf_counter()
+            run_sequential([bot, base], clients, run_id, warmup=args.warmup, total=args.seq,
+                           block=args.seq_block)
+            seq_wall = time.perf_counter() - t0
+            snaps.append(Snapshot.take(bot, base))
+        finally:
+            for cl in clients.values():
+                cl.close()
+        t0 = time.perf_counter()
+        asyncio.run(run_concurrent([bot, base], args.clients, args.per_client, args.rounds, run_id))
+        conc_wall = time.perf_counter() - t0
+        snaps.append(Snapshot.take(bot, base))
+    finally:
+        for proc in procs:
+            c.stop(proc)
+
+    for t in (bot, base):
+        if t.errors:
+            print(f"{t.name}: {len(t.errors)} failed request(s), first: {t.errors[0]}", file=sys.stderr)
+    if bot.errors or base.errors:
+        print("requests failed; figures are not valid (--keep keeps the server logs)", file=sys.stderr)
+        return 1
+
+    ratios = report(bot, base, snaps, args, (seq_wall, conc_wall))
     print()
     print("ack_ratio_p99 = chatops p99 / bare Bolt p99 under the concurrent load; "
           "seq_p50_ms = chatops sequential p50")
     print(f"ack_ratio_p99={ratios[('conc', 99)]:.3f} seq_p50_ms={c.percentile(bot.seq, 50) * 1000:.2f}")
     return 0
+
+
 
 
 if __name__ == "__main__":

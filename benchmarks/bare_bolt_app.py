@@ -26,7 +26,8 @@ def create_app(signing_secret: str) -> Any:
 
     async def authorize(**kwargs: Any) -> AuthorizeResult:
         return AuthorizeResult(enterprise_id=kwargs.get("enterprise_id"), team_id=kwargs.get("team_id"),
-                               bot_token="xoxb-baseline-not-used", bot_user_id="UBASEBOT1", bot_id="BBASEBOT1")
+                               bot_token="xoxb-baseline-not-used", bot_user_id="UBASEBOT1",
+                               bot_id="BBASEBOT1")
 
     bolt = AsyncApp(signing_secret=signing_secret, authorize=authorize)
 

@@ -63,7 +63,8 @@ def main() -> int:
                     if seen_floor is None and (metrics.query(error_rate_query()) or 0) > THRESHOLD:
                         seen_floor = time.monotonic() - flip.monotonic
                     deleted = [r for r in world.kube.requests[before:]
-                               if r.method == "DELETE" and r.path.endswith(canary_path) and r.monotonic > flip.monotonic]
+                               if r.method == "DELETE" and r.path.endswith(canary_path)
+                               and r.monotonic > flip.monotonic]
                     if deleted:
                         break
                     time.sleep(0.05)

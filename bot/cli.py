@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError

@@ -187,7 +187,8 @@ class Environment(_Strict):
         names = {j.name for j in self.jobs}
         for i, step in enumerate(self.procedure or []):
             if step.kind == "job" and step.job not in names:
-                raise ValueError(f"procedure.{i}.job: {step.job!r} is not in jobs ({', '.join(sorted(names)) or 'none'})")
+                known = ", ".join(sorted(names)) or "none"
+                raise ValueError(f"procedure.{i}.job: {step.job!r} is not in jobs ({known})")
         return self
 
     @field_validator("allowed_tags")

@@ -145,7 +145,9 @@ class Console:
         """Wait (bounded) until background tasks and the outbox are idle."""
         deadline = time.monotonic() + self.settle_seconds
         while time.monotonic() < deadline:
-            if self.c.tasks.drain(max(0.0, deadline - time.monotonic())) and self.c.worker.pending_due() == 0:
+            if (self.c.writer.drain(max(0.0, deadline - time.monotonic()))
+                    and self.c.tasks.drain(max(0.0, deadline - time.monotonic()))
+                    and self.c.worker.pending_due() == 0):
                 if self.c.tasks.in_flight == 0:
                     return True
             self.c.worker.wakeup.set()
@@ -184,7 +186,7 @@ class Console:
                          idempotency_key=f"console:{id(self)}:{n}", response_url=f"{RESPONSE_PREFIX}{n}",
                          source="console")
         prepared = self.c.dispatcher.prepare(inv)
-        self.c.tasks.submit(prepared.name, prepared.job)
+        self.c.dispatcher.launch(prepared, self.c.tasks)
         if prepared.ack is not None:
             self.t.show(ShownMessage("C0CONSOLE", self.t._new_ts(), prepared.ack.text, prepared.ack.blocks,
                                      ephemeral_to=self.actor_name, response_url=inv.response_url),
@@ -261,7 +263,7 @@ class Console:
                                idempotency_key=f"console-click:{id(self)}:{n}",
                                response_url=msg.response_url or f"{RESPONSE_PREFIX}{n}", source="console")
         prepared = self.c.dispatcher.prepare_action(inv)
-        self.c.tasks.submit(prepared.name, prepared.job)
+        self.c.dispatcher.launch(prepared, self.c.tasks)
 
     def run_script(self, lines: Iterable[str]) -> int:
         previous_comment = False

@@ -10,20 +10,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.config import CheckSettings, Config, load_config
+from bot.core.context import Core
 from bot.core.deploy.engine import Executor
 from bot.core.deploy.service import DeployService
 from bot.core.deploy.steps import HANDLERS, ROLLBACK_HANDLERS, rollback_plan
-from bot.core.ports import EnvBackends
-from bot.core.context import Core
-from commands.dispatch import Dispatcher
 from bot.core.model import Reply
+from bot.core.ports import EnvBackends
 from bot.core.rbac import Authorizer, GroupDirectory
 from bot.metrics import Metrics
 from bot.outbox import Outbox, OutboxWorker, Transport
+from bot.persistence.batch import BatchWriter
 from bot.persistence.db import Database
 from bot.settings import Settings
 from bot.tasks import TaskRunner
 from commands import registry
+from commands.dispatch import Dispatcher
 
 if TYPE_CHECKING:
     from integrations.simulated import SimWorld
@@ -44,10 +45,12 @@ class Container:
     worker: OutboxWorker
     executor: Executor
     sims: dict[str, SimWorld]
+    writer: BatchWriter
     threads: list[threading.Thread] = field(default_factory=list)
     stoppers: list[object] = field(default_factory=list)
 
     def start(self) -> None:
+        self.writer.start()
         self.worker.start()
         self.executor.start()
         for thread in self.threads:
@@ -58,6 +61,7 @@ class Container:
         state is in the database; the next process resumes them), flush the outbox, then close."""
         self.executor.stop(timeout=self.settings.shutdown_grace_seconds)
         self.tasks.shutdown(self.settings.shutdown_grace_seconds)
+        self.writer.stop(timeout=min(5.0, self.settings.shutdown_grace_seconds))
         self.worker.stop(flush_seconds=min(5.0, self.settings.shutdown_grace_seconds))
         for stopper in self.stoppers:
             getattr(stopper, "stop", lambda: None)()
@@ -128,8 +132,10 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     outbox.subscribe(worker.wakeup)
     executor = Executor(db, deploy, {**HANDLERS, **ROLLBACK_HANDLERS}, rollback_plan,
                         lease_seconds=settings.deploy_lease_seconds)
+    writer = BatchWriter(db)
+    dispatcher.writer = writer
     return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, executor, sims,
-                     threads, stoppers)
+                     writer, threads, stoppers)
 
 
 def default_check_settings() -> list[CheckSettings]:

@@ -340,4 +340,5 @@ class OutboxWorker:
             append(session, AuditEntry(actor_id="bot", actor_name="swarm-chatops", channel=row.channel,
                                        action="slack.delivery_failed", outcome="dead",
                                        correlation_id=f"outbox-{row.id}",
-                                       args={"kind": row.kind, "error": error, "text": row.payload.get("text", "")[:300]}))
+                                       args={"kind": row.kind, "error": error,
+                                             "text": row.payload.get("text", "")[:300]}))

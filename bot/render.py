@@ -57,7 +57,8 @@ def render(text: str, blocks: list[dict[str, Any]] | None, user_name: Callable[[
         elif kind == "divider":
             lines.append("-" * 40)
         elif kind == "actions":
-            labels = [f"[ {_text_of(e.get('text'))} ]" for e in block.get("elements") or [] if e.get("type") == "button"]
+            labels = [f"[ {_text_of(e.get('text'))} ]" for e in block.get("elements") or []
+                      if e.get("type") == "button"]
             if labels:
                 lines.append("  ".join(labels))
         else:

@@ -8,10 +8,10 @@ from typing import Any
 
 from bot import blocks
 from bot.config import Role
-from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.ids import ActionId, encode_value
 from bot.persistence import audit as audit_log
+from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from commands.grammar import CommandSpec, Flag, ParseContext, env_value, int_value, user_value, when_value
 
 MAX_LINE = 280

@@ -7,10 +7,10 @@ from typing import Any
 
 from bot.config import Role
 from bot.core.deploy.service import DeployService
-from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.errors import UnknownEnvironment
 from bot.ids import ActionId
+from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from commands.grammar import (
     CommandSpec,
     Flag,
@@ -169,9 +169,10 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
         ctx.audit("lock.break_glass", "forced", environment=cmd.env, broke=holder.describe())
         if holder.kind == "run" and holder.run_id:
             run = _svc(ctx).load(ctx.session, holder.run_id)
-            if run.state in ("running", "queued", "pending_approval"):
-                run.abort_requested_by = ctx.actor.user_id
-                run.version_no += 1
+            if run.state in ("running", "queued", "pending_approval") and not run.abort_requested_by:
+                # a pending/queued run must end now (it could otherwise be approved and run without the
+                # lock); a running one rolls back. abort() also audits, refreshes the message and wakes it.
+                _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=run.id, env_name=run.environment)
         ctx.core.outbox.post(ctx.session, channel, Reply(
             f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} force-released the lock on `{cmd.env}` "
             f"({holder.describe()}).", ephemeral=False))

@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.core.context import Core
@@ -23,7 +21,9 @@ from bot.core.model import ActionInvocation, Actor, Invocation, Reply
 from bot.errors import BackendUnavailable, ChatOpsError, CommandError, UnknownCommand, user_message
 from bot.metrics import Metrics
 from bot.persistence.audit import AuditEntry, append
-from bot.persistence.models import ProcessedRequest
+from bot.persistence.batch import BatchWriter, Record
+from bot.persistence.idempotency import claim
+from bot.tasks import Busy, TaskRunner
 from commands.grammar import CommandSpec, HelpRequest, ParseContext, parse_args
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,14 @@ class ActionEntry:
 
 @dataclass
 class Prepared:
-    """The acknowledgement to send now and the job to run after it."""
+    """The acknowledgement to send now and the job to run after it. `record` is set when the job only
+    records an answer already given in the ack: the batched audit writer can do that instead."""
 
     ack: Reply | None
     job: Callable[[], None]
     name: str
     outcome: str
+    record: Record | None = None
 
 
 class Dispatcher:
@@ -89,6 +91,19 @@ class Dispatcher:
         self.metrics = metrics
         # Slack-registered names of commands whose own name Slack reserves (/swarm-status -> status)
         self.aliases = {e.spec.slack_name: name for name, e in commands.items() if e.spec.slack_name}
+        self.writer: BatchWriter | None = None  # set by the container; tests may run jobs directly
+
+    def launch(self, prepared: Prepared, tasks: TaskRunner) -> str | None:
+        """Hand the work after the ack to the batched writer or the task runner; the text to show
+        instead of the ack when the bot is too busy to take it (nothing was started then)."""
+        if prepared.record is not None and self.writer is not None:
+            self.writer.submit(prepared.record)
+            return None
+        try:
+            tasks.submit(prepared.name, prepared.job)
+        except Busy as exc:
+            return exc.user_text()
+        return None
 
     # --- slash commands ---------------------------------------------------------------------------
     def prepare(self, inv: Invocation) -> Prepared:
@@ -126,15 +141,24 @@ class Dispatcher:
                     audit_args: dict[str, Any], environment: str | None) -> Prepared:
         action = f"command.{name}"
 
+        entry = AuditEntry(actor_id=ctx.actor.user_id, actor_name=ctx.actor.name, channel=ctx.channel_id,
+                           environment=environment, action=action, outcome=outcome,
+                           correlation_id=ctx.correlation_id, args=audit_args)
+
+        def written(fresh: bool) -> None:
+            if fresh:
+                self.metrics.commands.labels(name, outcome).inc()
+            else:
+                self.metrics.slack_duplicates.labels("command").inc()
+
         def job() -> None:
             with self.core.db.transaction() as session:
-                if not _claim(session, inv.idempotency_key, "command"):
-                    self.metrics.slack_duplicates.labels("command").inc()
-                    return
-                _audit(session, ctx, action, outcome, environment, audit_args)
-            self.metrics.commands.labels(name, outcome).inc()
+                fresh = _claim(session, inv.idempotency_key, "command")
+                if fresh:
+                    append(session, entry)
+            written(fresh)
 
-        return Prepared(reply, job, name, outcome)
+        return Prepared(reply, job, name, outcome, Record(inv.idempotency_key, "command", entry, written))
 
     # --- button clicks ----------------------------------------------------------------------------
     def prepare_action(self, inv: ActionInvocation) -> Prepared:
@@ -237,14 +261,8 @@ class Dispatcher:
 
 
 def _claim(session: Session, key: str, kind: str) -> bool:
-    """Insert the idempotency key; False if another delivery already claimed it."""
-    try:
-        with session.begin_nested():
-            session.add(ProcessedRequest(key=key[:200], kind=kind, created_at=datetime.now(UTC)))
-            session.flush()
-    except IntegrityError:
-        return False
-    return True
+    """Insert the idempotency key; False if another delivery already claimed it (any process)."""
+    return claim(session, key, kind)
 
 
 def _audit(session: Session, ctx: Ctx, action: str, outcome: str, environment: str | None,

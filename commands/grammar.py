@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.config import USER_ID_RE, Config
+from bot.config import Config
 from bot.errors import CommandError, UnknownEnvironment
 
 MAX_INPUT = 2000

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot import blocks
-from commands.dispatch import CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.errors import UnknownCommand
+from commands.dispatch import CommandEntry, Ctx
 from commands.grammar import CommandSpec, ParseContext, Positional
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from commands.dispatch import ActionEntry, CommandEntry
 from commands import audit, deploy, help, status
+from commands.dispatch import ActionEntry, CommandEntry
 
 
 def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:

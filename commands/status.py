@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from bot import blocks
 from bot.config import Role
-from commands.dispatch import CommandEntry, Ctx
 from bot.core.model import Reply
 from bot.errors import PermissionDenied
+from commands.dispatch import CommandEntry, Ctx
 from commands.grammar import CommandSpec, Flag, env_value
 
 

@@ -93,7 +93,8 @@ def _retry_after(raw: str | None) -> float:
 def _classify(exc: SlackApiError) -> Exception:
     status = exc.response.status_code
     if status == 429:
-        return RateLimited(_retry_after(exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")))
+        headers = exc.response.headers
+        return RateLimited(_retry_after(headers.get("Retry-After") or headers.get("retry-after")))
     if status >= 500:
         return TransientError(f"Slack answered {status}")
     error = exc.response.get("error") if hasattr(exc.response, "get") else None

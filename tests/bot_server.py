@@ -62,7 +62,8 @@ class RunningBot:
         """Wait until background tasks and the outbox are idle."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.container.tasks.drain(0.2) and self.container.worker.pending_due() == 0:
+            if (self.container.writer.drain(0.2) and self.container.tasks.drain(0.2)
+                    and self.container.worker.pending_due() == 0):
                 return
             self.container.worker.wakeup.set()
         raise TimeoutError("bot did not settle")

@@ -17,7 +17,6 @@ from sqlalchemy import select
 
 from bot.config import Config, load_config
 from bot.core.context import Core
-from commands.dispatch import CommandEntry, Ctx, Dispatcher
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
 from bot.core.rbac import Authorizer
 from bot.errors import Conflict
@@ -27,6 +26,7 @@ from bot.persistence.audit import AuditFilter, iter_records, verify
 from bot.persistence.db import Database
 from bot.persistence.models import OutboxMessage, SlackMessage
 from commands import registry
+from commands.dispatch import CommandEntry, Ctx, Dispatcher
 from commands.grammar import CommandSpec, Positional, text_value
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,7 +35,8 @@ def test_same_delivery_to_two_replicas_acts_once(pg_database_url: str) -> None:
             first.settle()
             second.settle()
             time.sleep(0.3)
-            assert sorted(r.name for r in fake.responses) == [f"r{n}" for n in range(5)]
+            answered = sorted(r.name for r in fake.responses)
+            assert answered == [f"r{n}" for n in range(5)], [(r.name, r.body) for r in fake.responses]
             with first.container.db.read() as session:
                 actions = session.execute(select(AuditRecord.action)).scalars().all()
                 assert actions == ["command.audit"] * 5

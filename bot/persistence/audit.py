@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from bot.core.redact import redact
@@ -58,11 +58,17 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def append(session: Session, entry: AuditEntry) -> AuditRecord:
-    """Append `entry` to the chain inside the caller's transaction."""
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
+def append(session: Session, entry: AuditEntry) -> dict[str, Any]:
+    """Append `entry` to the chain inside the caller's transaction; returns the stored values.
+
+    Plain statements, not ORM objects: this runs for every command, and the head row lock is what
+    serialises appenders, so the less time spent holding it the better."""
+    head_table, table = AuditHead.__table__, AuditRecord.__table__
+    seq, prev_hash = session.execute(
+        select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
+    ).one()
     values: dict[str, Any] = {
-        "seq": head.seq + 1,
+        "seq": seq + 1,
         "ts": now_iso(),
         "actor_id": entry.actor_id,
         "actor_name": entry.actor_name,
@@ -72,15 +78,12 @@ def append(session: Session, entry: AuditEntry) -> AuditRecord:
         "args": canonical_args(entry.args),
         "outcome": entry.outcome,
         "correlation_id": entry.correlation_id,
-        "prev_hash": head.hash,
+        "prev_hash": prev_hash,
     }
     values["hash"] = record_hash(values)
-    record = AuditRecord(**values)
-    session.add(record)
-    head.seq = values["seq"]
-    head.hash = values["hash"]
-    session.flush()
-    return record
+    session.execute(insert(table).values(**values))
+    session.execute(update(head_table).where(head_table.c.id == 1).values(seq=values["seq"], hash=values["hash"]))
+    return values
 
 
 @dataclass(frozen=True)

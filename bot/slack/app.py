@@ -18,7 +18,6 @@ from slack_bolt.authorization import AuthorizeResult
 
 from bot.container import Container
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
-from bot.tasks import Busy
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,7 @@ def build_bolt(container: Container) -> AsyncApp:
     from slack_sdk.web.async_client import AsyncWebClient
 
     app = AsyncApp(
+        name="swarm-chatops",  # without it Bolt inspects the call stack at start-up (~0.1 s)
         # Bolt's own client (used by Socket Mode for apps.connections.open) honours CHATOPS_SLACK_API_URL
         # no token here: `authorize` supplies it per request (a token too would only be ignored)
         client=AsyncWebClient(base_url=container.settings.slack_api_url),
@@ -91,17 +91,10 @@ def build_bolt(container: Container) -> AsyncApp:
     dispatcher = container.dispatcher
     tasks = container.tasks
 
-    def submit(name: str, job: Any) -> str | None:
-        try:
-            tasks.submit(name, job)
-        except Busy as exc:
-            return exc.user_text()
-        return None
-
     @app.command(re.compile(r"^/"))
     async def on_command(ack: AsyncAck, body: dict[str, Any]) -> None:
         prepared = dispatcher.prepare(command_invocation(container, body))
-        busy = submit(prepared.name, prepared.job)
+        busy = dispatcher.launch(prepared, tasks)
         await ack(**_ack_kwargs(Reply(busy) if busy else prepared.ack))
 
     @app.action(re.compile(r".*"))
@@ -109,7 +102,7 @@ def build_bolt(container: Container) -> AsyncApp:
         busy = None
         for inv in action_invocations(container, body):
             prepared = dispatcher.prepare_action(inv)
-            busy = busy or submit(prepared.name, prepared.job)
+            busy = busy or dispatcher.launch(prepared, tasks)
         await ack()
         if busy:
             log.warning("action dropped while busy: %s", busy)
@@ -119,7 +112,7 @@ def build_bolt(container: Container) -> AsyncApp:
         # Events API retries (X-Slack-Retry-Num) carry the same event_id: claimed once in the job
         event_key = f"evt:{body.get('event_id') or event.get('event_ts', '')}"
         prepared = dispatcher.prepare_home(str(event.get("user") or ""), event_key)
-        busy = submit(prepared.name, prepared.job)
+        busy = dispatcher.launch(prepared, tasks)
         await ack()
         if busy:
             log.warning("app_home_opened dropped while busy")

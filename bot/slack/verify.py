@@ -32,7 +32,8 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float |
         raise VerificationFailed("malformed_timestamp", "X-Slack-Request-Timestamp is not a Unix time")
     age = abs((now if now is not None else time.time()) - int(timestamp))
     if age > MAX_AGE_SECONDS:
-        raise VerificationFailed("stale_timestamp", f"timestamp is {int(age)} s away from now (limit {MAX_AGE_SECONDS} s)")
+        raise VerificationFailed("stale_timestamp",
+                                 f"timestamp is {int(age)} s away from now (limit {MAX_AGE_SECONDS} s)")
     expected = compute_signature(secret, timestamp, body)
     if not hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8", "replace")):
         raise VerificationFailed("bad_signature", "signature does not match the body (wrong secret or tampered body)")

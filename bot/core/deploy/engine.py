@@ -139,7 +139,8 @@ Handler = Callable[[StepContext], str | None]
 class Executor:
     def __init__(self, db: Database, service: DeployService, handlers: dict[str, Handler],
                  rollback_plan: Callable[[DeployRun, list[RunStep]], list[dict[str, Any]]],
-                 *, worker_id: str | None = None, poll_seconds: float = 1.0, lease_seconds: float = LEASE_SECONDS) -> None:
+                 *, worker_id: str | None = None, poll_seconds: float = 1.0,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
         self.db = db
         self.service = service
         self.handlers = handlers
@@ -211,7 +212,8 @@ class Executor:
         with self.db.transaction() as session:
             result = session.execute(update(DeployRun).where(
                 DeployRun.id == run_id,
-                or_(DeployRun.lease_until.is_(None), DeployRun.lease_until < now, DeployRun.lease_owner == self.worker_id)
+                or_(DeployRun.lease_until.is_(None), DeployRun.lease_until < now,
+                    DeployRun.lease_owner == self.worker_id)
             ).values(lease_owner=self.worker_id, lease_until=now + timedelta(seconds=self.lease_seconds)))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -410,14 +412,16 @@ class Executor:
             run.outcome = outcome + (f"; {' and '.join(notes)}" if notes else "")
             locks.release(session, run.environment, run_id=run_id)
             self.service.audit(session, run, None, f"deploy.{state.value}", state.value, result=run.outcome)
-            took = describe_duration(((run.finished_at or utcnow()) - (aware(run.started_at) or utcnow())).total_seconds())
-            self.service.thread(session, run, f"{'✅' if state == RunState.succeeded else '⏪' if state == RunState.rolled_back else '🚨'} "
-                                              f"Finished: {run.outcome} (took {took}).")
+            took = describe_duration(((run.finished_at or utcnow()) - (aware(run.started_at) or utcnow()))
+                                     .total_seconds())
+            icon = {RunState.succeeded: "✅", RunState.rolled_back: "⏪"}.get(state, "🚨")
+            self.service.thread(session, run, f"{icon} Finished: {run.outcome} (took {took}).")
             if state == RunState.failed:
                 self._alert(session, run, f":rotating_light: Deploy {run.version} → {run.environment} FAILED and "
                                           f"needs a person: {run.outcome}")
             elif state == RunState.rolled_back:
-                self._alert(session, run, f"Deploy {run.version} → {run.environment} rolled back: {run.rollback_reason}")
+                self._alert(session, run,
+                            f"Deploy {run.version} → {run.environment} rolled back: {run.rollback_reason}")
             self.service.refresh_message(session, run)
 
 

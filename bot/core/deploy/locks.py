@@ -73,7 +73,10 @@ def acquire(session: Session, environment: str, *, kind: str, run_id: str | None
     except IntegrityError:
         holder = current(session, environment)
         raise Conflict(holder.describe() if holder else f"`{environment}` is locked",
-                       hint="Wait for it, or ask whoever holds it; an admin can break it with --force.") from None
+                       hint="Wait for it, or ask whoever holds it; an admin can break it with "
+                            f"`/unlock {environment} --force`"
+                            + (" (or deploy through a freeze with --force)." if holder and holder.kind == "freeze"
+                               else ".")) from None
     return current(session, environment)  # type: ignore[return-value]
 
 

@@ -98,8 +98,9 @@ def render_run(run: DeployRun, steps: list[RunStep], approvals: list[Approval]) 
 def _summary(run: DeployRun, approvals: list[Approval]) -> str:
     start, end = aware(run.started_at), aware(run.finished_at)
     took = describe_duration((end - start).total_seconds()) if start and end else "—"
-    approved = ", ".join(_who(a.user_id, a.user_name) for a in approvals) or "no approval needed"
-    text = (f"Summary: requested by {_who(run.requested_by, run.requested_name)}, approved by {approved}, "
+    approved = ("approved by " + ", ".join(_who(a.user_id, a.user_name) for a in approvals) if approvals
+                else "no approval needed" if run.approvals_required == 0 else "not approved")
+    text = (f"Summary: requested by {_who(run.requested_by, run.requested_name)}, {approved}, "
             f"took {took}, outcome: {run.outcome or run.state}")
     if run.abort_requested_by:
         text += f", aborted by <@{run.abort_requested_by}>"

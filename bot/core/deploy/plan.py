@@ -29,7 +29,8 @@ def default_procedure(env: Environment) -> list[StepSettings]:
     steps.append(StepSettings(kind="rollout", name="Roll out"))
     steps.append(StepSettings(kind="health", name="Health checks and smoke tests"))
     if env.stop_trading:
-        steps += [StepSettings(kind="maintenance_off", name="Maintenance mode off", strategies=["rolling", "blue-green"]),
+        steps += [StepSettings(kind="maintenance_off", name="Maintenance mode off",
+                               strategies=["rolling", "blue-green"]),
                   StepSettings(kind="trading_resume", name="Resume trading gradually",
                                strategies=["rolling", "blue-green"])]
     if env.monitor_seconds > 0:

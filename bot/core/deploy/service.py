@@ -187,7 +187,8 @@ class DeployService:
         self.audit(session, run, actor, "deploy.approve", "ok", approvals=count, required=run.approvals_required)
         if count >= run.approvals_required:
             self.transition(session, run, RunState.queued)
-            locks.extend(session, run.environment, run.id, timedelta(minutes=self.env(run.environment).lock_ttl_minutes))
+            ttl = timedelta(minutes=self.env(run.environment).lock_ttl_minutes)
+            locks.extend(session, run.environment, run.id, ttl)
             self.audit(session, run, None, "deploy.approved", "queued", approvals=count)
             self._wake_after_commit(session)
         self.refresh_message(session, run)

@@ -286,6 +286,7 @@ def blue_green(ctx: StepContext) -> str | None:
         ctx.wait(step)
         watched += step
         result = analyse(ctx.backends.metrics, checks, _variables(ctx))
+        ctx.audit("deploy.analysis", result.verdict, window="blue-green", colour=idle, summary=result.summary())
         ctx.save(watched=watched, analysis=f"{result.verdict} after switch ({result.summary()})"[:240])
         if result.verdict == "fail":
             raise StepFailed(f"after the switch to {idle}: {result.summary()}")
@@ -311,6 +312,12 @@ def restore(ctx: StepContext) -> str | None:
         cluster.set_service_selector(t["namespace"], service, rollout_data["original_selector"])
         ctx.audit("kubernetes.service_switch", "rollback", selector=rollout_data["original_selector"])
         done.append(f"traffic switched back to {rollout_data.get('active')}")
+    if plan["strategy"] == "blue-green" and rollout_data.get("idle"):
+        # the new colour's pods keep the source's labels, so the restored selector would still send them
+        # traffic: the failed colour must go
+        cluster.delete_deployment(t["namespace"], f"{t['deployment']}-{rollout_data['idle']}")
+        ctx.audit("kubernetes.blue_green.delete", "rollback", colour=rollout_data["idle"])
+        done.append(f"{rollout_data['idle']} removed")
     if plan["strategy"] == "canary":
         c = plan["canary"]
         if c["router"] == "istio":
