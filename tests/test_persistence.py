@@ -226,3 +226,15 @@ def test_verify_catches_a_record_appended_behind_the_heads_back(database: Databa
                      {"ts": row["ts"], "prev": row["hash"], "hash": "f" * 64})
     result = _verify(database)
     assert not result.ok and result.first_bad_seq == 3
+
+
+def test_schema_head_constant_matches_the_migration_scripts() -> None:
+    """bot.persistence.db.SCHEMA_HEAD names the newest Alembic migration (update it with each new one)."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from bot.persistence.db import MIGRATIONS_DIR, SCHEMA_HEAD
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
