@@ -114,6 +114,24 @@ def test_blue_green_new_colour_gets_no_traffic_before_the_switch(deployer: Deplo
     assert not before.items() <= green.items()
 
 
+def colour_probe(data: dict[str, Any]) -> None:
+    data["environments"]["staging"]["probes"] = [{"name": "colour health",
+                                                  "url": "http://trading-bot-swarm-{colour}.trading-staging/health"}]
+
+
+@pytest.mark.xfail(strict=True, reason="product bug: steps.blue_green reads probes from the rollout step, which "
+                   "never has any (build_plan puts them on the health step), so the new colour is never probed "
+                   "before the switch; the health step does not fill in {colour} either")
+def test_blue_green_does_not_switch_to_an_unhealthy_colour(
+        staging_bot: Callable[[Callable[[dict[str, Any]], None]], Deployer]) -> None:
+    """A probe of the new colour failing before the switch keeps traffic where it is and rolls back."""
+    d = staging_bot(colour_probe)
+    d.sim("staging").probe.set_unhealthy("trading-bot-swarm-green")
+    run = d.wait_state(started(d, "v2.3 --env staging --blue-green"))
+    assert run.state == "rolled_back" and "unhealthy before the switch" in (run.rollback_reason or "")
+    assert d.audit("kubernetes.service_switch", run.id) == []
+
+
 @pytest.mark.xfail(strict=True, reason="product bug: after blue-green the Service serves <deployment>-green, "
                    "but plans read the stable Deployment's image as the current version (service.request)")
 def test_after_blue_green_the_version_serving_traffic_counts_as_running(deployer: Deployer) -> None:

@@ -104,7 +104,8 @@ def fast_sims(container: Container) -> Container:
 
 def start_deploy_bot(fake: FakeSlack, database_url: str, config: Path,
                      prepare: Callable[[Container], Container] = fast_sims, **settings: Any) -> Deployer:
-    """Start the real bot; `prepare` edits the container before its executor starts."""
+    """Start the real bot; `prepare` edits the container before its executor starts (tests/bot_server.py
+    builds the container itself, so its `build` is swapped for the call; tests run one at a time)."""
     original = bot_server.build
 
     def build(settings_: Any) -> Container:

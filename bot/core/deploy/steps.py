@@ -271,9 +271,9 @@ def blue_green(ctx: StepContext) -> str | None:
     ctx.audit("kubernetes.blue_green.deploy", "ok", colour=idle, image=ctx.plan["image"])
     wait_rollout(ctx, WorkloadRef(t["namespace"], name, t["container"]), name)
     for probe in ctx.plan["steps"][ctx.idx].get("probes", []) or []:
-        result = ctx.backends.probe.check(probe["url"].replace("{colour}", idle), probe.get("expect") or {})
-        if not result.ok:
-            raise StepFailed(f"{idle} colour unhealthy before the switch: {probe['name']}: {result.detail}")
+        probed = ctx.backends.probe.check(probe["url"].replace("{colour}", idle), probe.get("expect") or {})
+        if not probed.ok:
+            raise StepFailed(f"{idle} colour unhealthy before the switch: {probe['name']}: {probed.detail}")
     new_selector = {**ctx.data["original_selector"], label: idle}
     cluster.set_service_selector(t["namespace"], service, new_selector)
     ctx.audit("kubernetes.service_switch", "ok", service=service, selector=new_selector)
