@@ -61,6 +61,7 @@ def write_config(path: Path, kube_url: str, prometheus_url: str, *, steps: list[
         procedure=[{"kind": "precheck"}, {"kind": "rollout", "name": "Roll out"},
                    {"kind": "health", "name": "Health checks"}],
         rollout_timeout_seconds=60,
+        blue_green={"monitor_seconds": 5},
     )
     prod.pop("jobs", None)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

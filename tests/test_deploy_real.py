@@ -124,6 +124,26 @@ def test_prometheus_down_fails_safe(world: World, fake_slack: FakeSlack, tmp_pat
         bot.stop()
 
 
+def test_blue_green_switches_through_the_service_and_promotes(world: World, fake_slack: FakeSlack,
+                                                             tmp_path: Path) -> None:
+    """Blue-green against the API stand-in: green gets traffic only via the Service switch, then blue is updated."""
+    bot = start_bot(fake_slack, f"sqlite:///{tmp_path}/bg.db", config=world.config)
+    try:
+        bot.command("/deploy", "v2.3 --env production --blue-green", ALICE, name="req", channel=DEPLOY_CHANNEL)
+        click(bot.url, fake_slack, "Approve", BOB, "bob")
+        click(bot.url, fake_slack, "Approve", CAROL, "carol")
+        wait_until(lambda: "Succeeded" in run_message_text(fake_slack), 90, "the blue-green run")
+        selectors = [r.body for r in world.kube.requests
+                     if r.method == "PATCH" and "/services/" in r.path and r.body]
+        assert len(selectors) == 2  # to green, then home to the updated blue
+        assert "trading-bot-swarm-green" in str(selectors[0]) and "green" not in str(selectors[1])
+        assert world.image() == f"{IMAGE}:v2.3"
+        assert world.kube.service("trading-prod", "trading-bot-swarm")["spec"]["selector"] == {
+            "app": "trading-bot-swarm"}
+    finally:
+        bot.stop()
+
+
 # --- a bot process killed mid-canary ------------------------------------------------------------------------
 def serve(world: World, fake: FakeSlack, db_url: str, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATOPS_")}

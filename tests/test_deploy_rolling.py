@@ -91,27 +91,25 @@ def test_summary_says_no_approval_was_needed(rolled: tuple[Deployer, str]) -> No
 
 
 # --- blue-green ------------------------------------------------------------------------------------------
-def test_blue_green_switches_the_service_to_the_idle_colour(deployer: Deployer) -> None:
-    """--blue-green deploys v2.3 as the green copy, points the Service at green and keeps blue running."""
+def test_blue_green_switches_to_green_then_promotes_in_place(deployer: Deployer) -> None:
+    """--blue-green serves v2.3 from a green copy, then updates the live Deployment and removes green."""
     run_id = started(deployer, "v2.3 --env staging --blue-green")
     assert deployer.wait_state(run_id).state == "succeeded"
     cluster = deployer.sim("staging").cluster
-    assert cluster.service_selector("trading-staging", "trading-bot-swarm")["colour"] == "green"
-    assert cluster.describe("trading-staging", "trading-bot-swarm-green")["image"] == NEW_IMAGE
-    assert cluster.describe("trading-staging", "trading-bot-swarm")["image"] == OLD_IMAGE
-    assert [r["action"] for r in deployer.audit("kubernetes.", run_id)] == ["kubernetes.blue_green.deploy",
-                                                                              "kubernetes.service_switch"]
+    data = deployer.step(run_id, "rollout").data
+    assert cluster.service_selector("trading-staging", "trading-bot-swarm") == data["original_selector"]
+    assert cluster.describe("trading-staging", "trading-bot-swarm")["image"] == NEW_IMAGE
+    assert "trading-bot-swarm-green" not in cluster.deployments("trading-staging")
+    assert [r["action"] for r in deployer.audit("kubernetes.", run_id)] == [
+        "kubernetes.blue_green.deploy", "kubernetes.service_switch", "kubernetes.blue_green.promote"]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: the new colour's pods keep the source's labels, so a Service "
-                   "selector without the colour label (as seeded) sends them traffic before the switch")
 def test_blue_green_new_colour_gets_no_traffic_before_the_switch(deployer: Deployer) -> None:
     """The Service's selector before the switch does not match the new colour's pods."""
     run_id = started(deployer, "v2.3 --env staging --blue-green")
     deployer.wait_state(run_id)
-    before = deployer.step(run_id, "rollout").data["original_selector"]
-    green = deployer.sim("staging").cluster.describe("trading-staging", "trading-bot-swarm-green")["labels"]
-    assert not before.items() <= green.items()
+    data = deployer.step(run_id, "rollout").data
+    assert not data["original_selector"].items() <= data["copy_labels"].items()
 
 
 def colour_probe(data: dict[str, Any]) -> None:
@@ -119,9 +117,6 @@ def colour_probe(data: dict[str, Any]) -> None:
                                                   "url": "http://trading-bot-swarm-{colour}.trading-staging/health"}]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: steps.blue_green reads probes from the rollout step, which "
-                   "never has any (build_plan puts them on the health step), so the new colour is never probed "
-                   "before the switch; the health step does not fill in {colour} either")
 def test_blue_green_does_not_switch_to_an_unhealthy_colour(
         staging_bot: Callable[[Callable[[dict[str, Any]], None]], Deployer]) -> None:
     """A probe of the new colour failing before the switch keeps traffic where it is and rolls back."""
@@ -132,8 +127,6 @@ def test_blue_green_does_not_switch_to_an_unhealthy_colour(
     assert d.audit("kubernetes.service_switch", run.id) == []
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: after blue-green the Service serves <deployment>-green, "
-                   "but plans read the stable Deployment's image as the current version (service.request)")
 def test_after_blue_green_the_version_serving_traffic_counts_as_running(deployer: Deployer) -> None:
     """After a blue-green deploy of v2.3, v2.3 counts as running: deploying it again is refused."""
     run_id = started(deployer, "v2.3 --env staging --blue-green")

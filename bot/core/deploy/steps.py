@@ -255,29 +255,38 @@ def canary(ctx: StepContext) -> str | None:
 
 
 def blue_green(ctx: StepContext) -> str | None:
+    """Runbook 8.5. The live Deployment is "blue"; the new version runs as a "green" copy whose pod labels
+    do not match the Service's selector (each selected label gets a `-green` suffix), so it takes no
+    traffic until the switch. After the switch blue keeps running for an instant switch back while the
+    window is watched; then blue is updated in place, traffic returns to it and green is removed, so the
+    live Deployment always carries the live version."""
     bg = ctx.plan["blue_green"]
     cluster = ctx.backends.cluster
     t = ctx.plan["target"]
-    service = bg.get("service") or t["deployment"]
-    label = bg["label"]
+    ns, service = t["namespace"], bg.get("service") or t["deployment"]
     if "original_selector" not in ctx.data:
-        selector = cluster.service_selector(t["namespace"], service)
-        active = selector.get(label, "blue")
-        ctx.save(original_selector=selector, active=active, idle="green" if active == "blue" else "blue",
-                 replicas=cluster.replicas(t["namespace"], t["deployment"]))
-    idle = ctx.data["idle"]
-    name = f"{t['deployment']}-{idle}"
-    cluster.ensure_copy(_ref(ctx), name, ctx.plan["image"], int(ctx.data["replicas"]), {label: idle})
-    ctx.audit("kubernetes.blue_green.deploy", "ok", colour=idle, image=ctx.plan["image"])
-    wait_rollout(ctx, WorkloadRef(t["namespace"], name, t["container"]), name)
-    for probe in ctx.plan["steps"][ctx.idx].get("probes", []) or []:
-        probed = ctx.backends.probe.check(probe["url"].replace("{colour}", idle), probe.get("expect") or {})
-        if not probed.ok:
-            raise StepFailed(f"{idle} colour unhealthy before the switch: {probe['name']}: {probed.detail}")
-    new_selector = {**ctx.data["original_selector"], label: idle}
-    cluster.set_service_selector(t["namespace"], service, new_selector)
-    ctx.audit("kubernetes.service_switch", "ok", service=service, selector=new_selector)
-    ctx.save(switched=True, analysis=f"traffic on {idle}; {ctx.data['active']} kept for instant switch back")
+        selector = cluster.service_selector(ns, service)
+        if not selector:
+            raise StepFailed(f"Service {service} has no selector; there is no traffic to switch")
+        copy_labels = {k: f"{v}-green" for k, v in selector.items()} | {bg["label"]: "green"}
+        ctx.save(original_selector=selector, copy_labels=copy_labels, active="blue", idle="green",
+                 replicas=cluster.replicas(ns, t["deployment"]))
+    name = f"{t['deployment']}-green"
+    copy_labels: dict[str, str] = ctx.data["copy_labels"]
+    if not ctx.data.get("switched"):
+        cluster.ensure_copy(_ref(ctx), name, ctx.plan["image"], int(ctx.data["replicas"]), copy_labels)
+        if not ctx.data.get("deployed"):
+            ctx.audit("kubernetes.blue_green.deploy", "ok", colour="green", image=ctx.plan["image"])
+            ctx.save(deployed=True, analysis="green starting, no traffic yet")
+        wait_rollout(ctx, WorkloadRef(ns, name, t["container"]), name)
+        health_step = next((s for s in ctx.plan["steps"] if s["kind"] == "health"), {})
+        for probe in health_step.get("probes") or []:
+            probed = ctx.backends.probe.check(probe["url"].replace("{colour}", "green"), probe.get("expect") or {})
+            if not probed.ok:
+                raise StepFailed(f"green unhealthy before the switch: {probe['name']}: {probed.detail}")
+        cluster.set_service_selector(ns, service, copy_labels)
+        ctx.audit("kubernetes.service_switch", "ok", service=service, selector=copy_labels)
+        ctx.save(switched=True, analysis="traffic on green; blue kept for instant switch back")
     watched = float(ctx.data.get("watched", 0.0))
     window = float(bg.get("monitor_seconds", 300))
     checks = _checks(ctx, whole_service=True)
@@ -286,11 +295,20 @@ def blue_green(ctx: StepContext) -> str | None:
         ctx.wait(step)
         watched += step
         result = analyse(ctx.backends.metrics, checks, _variables(ctx))
-        ctx.audit("deploy.analysis", result.verdict, window="blue-green", colour=idle, summary=result.summary())
+        ctx.audit("deploy.analysis", result.verdict, window="blue-green", colour="green", summary=result.summary())
         ctx.save(watched=watched, analysis=f"{result.verdict} after switch ({result.summary()})"[:240])
         if result.verdict == "fail":
-            raise StepFailed(f"after the switch to {idle}: {result.summary()}")
-    return f"traffic switched to {idle}; {ctx.data['active']} kept running"
+            raise StepFailed(f"after the switch to green: {result.summary()}")
+    # promote: blue takes the new version while green serves, then traffic goes home and green goes
+    ref = _ref(ctx)
+    cluster.set_image(ref, ctx.plan["image"])
+    wait_rollout(ctx, ref, t["deployment"])
+    cluster.set_service_selector(ns, service, ctx.data["original_selector"])
+    cluster.delete_deployment(ns, name)
+    if not ctx.data.get("promoted"):
+        ctx.audit("kubernetes.blue_green.promote", "ok", image=ctx.plan["image"])
+        ctx.save(promoted=True, analysis="promoted")
+    return f"served from green for {window:.0f}s, then {t['deployment']} updated in place and green removed"
 
 
 HANDLERS = {"checklist": checklist, "precheck": precheck, "trading_stop": trading_stop,
@@ -309,15 +327,13 @@ def restore(ctx: StepContext) -> str | None:
     done = []
     if plan["strategy"] == "blue-green" and rollout_data.get("original_selector"):
         service = plan["blue_green"].get("service") or t["deployment"]
-        cluster.set_service_selector(t["namespace"], service, rollout_data["original_selector"])
-        ctx.audit("kubernetes.service_switch", "rollback", selector=rollout_data["original_selector"])
-        done.append(f"traffic switched back to {rollout_data.get('active')}")
-    if plan["strategy"] == "blue-green" and rollout_data.get("idle"):
-        # the new colour's pods keep the source's labels, so the restored selector would still send them
-        # traffic: the failed colour must go
-        cluster.delete_deployment(t["namespace"], f"{t['deployment']}-{rollout_data['idle']}")
-        ctx.audit("kubernetes.blue_green.delete", "rollback", colour=rollout_data["idle"])
-        done.append(f"{rollout_data['idle']} removed")
+        if rollout_data.get("switched"):
+            cluster.set_service_selector(t["namespace"], service, rollout_data["original_selector"])
+            ctx.audit("kubernetes.service_switch", "rollback", selector=rollout_data["original_selector"])
+            done.append("traffic back on blue")
+        cluster.delete_deployment(t["namespace"], f"{t['deployment']}-green")
+        ctx.audit("kubernetes.blue_green.delete", "rollback", colour="green")
+        done.append("green removed")
     if plan["strategy"] == "canary":
         c = plan["canary"]
         if c["router"] == "istio":
