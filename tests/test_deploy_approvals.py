@@ -218,6 +218,16 @@ def test_checklist_waits_for_a_tick_before_anything_changes(deployer: Deployer) 
     assert deployer.sim("staging").trading.history == []
 
 
+def test_abort_while_waiting_at_the_checklist_says_nothing_changed(deployer: Deployer) -> None:
+    """Aborting a started run that is still at its checklist ends it without any rollback work."""
+    _, run_id = deployer.deploy("v2.3 --env staging")
+    deployer.wait_step(run_id, "checklist")
+    deployer.click(run_id, "Abort", ALICE)
+    run = deployer.wait_state(run_id)
+    assert run.outcome == "stopped before anything in the cluster changed"
+    assert deployer.steps(run_id, "rollback") == [] and deployer.sim("staging").trading.history == []
+
+
 @pytest.mark.parametrize("user", [ERIN, DAVE], ids=["operator", "viewer"])
 def test_checklist_tick_needs_the_items_role(deployer: Deployer, user: str) -> None:
     """Only someone with the item's role (deployer by default) can tick it; the run keeps waiting."""

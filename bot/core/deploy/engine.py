@@ -295,7 +295,10 @@ class Executor:
                     return
                 pending = [s for s in steps if s.phase == "rollback" and s.status in ("pending", "running")]
                 if not pending:
-                    self._finish(run_id, RunState.rolled_back, "rolled back to the previous version")
+                    nothing = not any(s.phase == "rollback" for s in steps)
+                    self._finish(run_id, RunState.rolled_back,
+                                 "stopped before anything in the cluster changed" if nothing
+                                 else "rolled back to the previous version")
                     return
                 self._step(run, pending[0])
             else:
