@@ -124,6 +124,29 @@ def test_prometheus_down_fails_safe(world: World, fake_slack: FakeSlack, tmp_pat
         bot.stop()
 
 
+def test_istio_canary_shifts_virtual_service_weights(world: World, fake_slack: FakeSlack, tmp_path: Path) -> None:
+    """With the istio router the canary's share is set by VirtualService weights 25/50/100, then back to 0."""
+    import yaml
+
+    data = yaml.safe_load(world.config.read_text())
+    data["environments"]["production"]["canary"]["router"] = "istio"
+    world.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    world.kube.add_virtual_service("trading-prod", "trading-bot-swarm", "trading-bot-swarm")
+    bot = start_bot(fake_slack, f"sqlite:///{tmp_path}/istio.db", config=world.config)
+    try:
+        request_and_approve(bot, fake_slack)
+        wait_until(lambda: "Succeeded" in run_message_text(fake_slack), 120, "the istio canary")
+        weights = []
+        for r in world.kube.requests:
+            if r.method == "PATCH" and "/virtualservices/" in r.path and isinstance(r.body, dict):
+                routes = r.body["spec"]["http"][0]["route"]
+                weights.append(next(d["weight"] for d in routes if d["destination"]["subset"] == "canary"))
+        assert weights == [25, 50, 100, 0]
+        assert world.image() == f"{IMAGE}:v2.3" and not world.has_canary()
+    finally:
+        bot.stop()
+
+
 def test_blue_green_switches_through_the_service_and_promotes(world: World, fake_slack: FakeSlack,
                                                              tmp_path: Path) -> None:
     """Blue-green against the API stand-in: green gets traffic only via the Service switch, then blue is updated."""
