@@ -184,6 +184,20 @@ class Environment(_Strict):
 
     @model_validator(mode="after")
     def _jobs_known(self) -> Environment:
+        from bot.core.analysis import validate_template
+
+        problems = []
+        if self.analysis is not None and not self.analysis:
+            problems.append("analysis: at least one check is needed (leave it out for the runbook's defaults)")
+        for i, check in enumerate(self.analysis or []):
+            problems += [f"analysis.{i}.query: {p}" for p in validate_template(check.query)]
+        if self.procedure is not None and not any(step.kind == "rollout" for step in self.procedure):
+            problems.append("procedure: needs a step of kind rollout (nothing would be deployed)")
+        if self.kubernetes is not None and not (self.kubernetes.in_cluster or self.kubernetes.kubeconfig
+                                                or self.kubernetes.host):
+            problems.append("kubernetes: set in_cluster: true, kubeconfig (and context) or host")
+        if problems:
+            raise ValueError("\n".join(problems))
         names = {j.name for j in self.jobs}
         for i, step in enumerate(self.procedure or []):
             if step.kind == "job" and step.job not in names:

@@ -191,7 +191,7 @@ class Console:
             self.t.show(ShownMessage("C0CONSOLE", self.t._new_ts(), prepared.ack.text, prepared.ack.blocks,
                                      ephemeral_to=self.actor_name, response_url=inv.response_url),
                         "[only visible to you]:")
-        if name.lower() not in self.c.dispatcher.commands:
+        if name.lower() not in self.c.dispatcher.commands and name.lower() not in self.c.dispatcher.aliases:
             self.settle()
             raise LineFailed(str(UnknownCommand(f"unknown command /{name}")))
 

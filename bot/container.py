@@ -176,7 +176,8 @@ def build_backends(config: Config) -> tuple[dict[str, EnvBackends], dict[str, Si
             labels["trading_api"] = f"configured ({env.trading_api.base_url})"
         else:
             trading, labels["trading_api"] = sim.trading, "simulated (no trading API configured)"
-        if env.kubernetes is not None:
+        if env.kubernetes is not None or env.trading_api is not None or env.prometheus is not None:
+            # a real environment probes its real /health endpoints (only a wholly simulated one fakes them)
             from integrations.probes import HttpHealthProbe
 
             probe: Any = HttpHealthProbe()

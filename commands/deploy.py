@@ -164,15 +164,22 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
     if holder.kind == "freeze" and holder.held_by != ctx.actor.user_id and not (cmd.force and is_admin):
         raise PermissionDenied(f"{holder.describe()}; only {holder.held_by_name or 'its holder'} or an admin "
                                "with --force may lift it", role="admin", environment=cmd.env)
+    run = _svc(ctx).load(ctx.session, holder.run_id) if holder.kind == "run" and holder.run_id else None
+    if run is not None and run.state in ("running", "rolling_back"):
+        # the run's rollback must finish under the lock, or a new deploy could start beside it
+        if run.state == "running" and not run.abort_requested_by:
+            _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=run.id, env_name=run.environment)
+        ctx.audit("lock.break_glass", "abort_requested", environment=cmd.env, broke=holder.describe())
+        ctx.core.outbox.post(ctx.session, channel, Reply(
+            f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} forced run `{run.id}` on `{cmd.env}` to stop: it "
+            "rolls back now and the lock is released when that ends.", ephemeral=False))
+        return Reply(f"Run `{run.id}` is rolling back; `{cmd.env}` unlocks when it ends.")
+    if run is not None and run.state in ("queued", "pending_approval"):
+        # abort() releases the run's lock, audits, refreshes its message and wakes the executor
+        _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=run.id, env_name=run.environment)
     locks.force_release(ctx.session, cmd.env)
     if cmd.force:
         ctx.audit("lock.break_glass", "forced", environment=cmd.env, broke=holder.describe())
-        if holder.kind == "run" and holder.run_id:
-            run = _svc(ctx).load(ctx.session, holder.run_id)
-            if run.state in ("running", "queued", "pending_approval") and not run.abort_requested_by:
-                # a pending/queued run must end now (it could otherwise be approved and run without the
-                # lock); a running one rolls back. abort() also audits, refreshes the message and wakes it.
-                _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=run.id, env_name=run.environment)
         ctx.core.outbox.post(ctx.session, channel, Reply(
             f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} force-released the lock on `{cmd.env}` "
             f"({holder.describe()}).", ephemeral=False))

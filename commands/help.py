@@ -37,12 +37,14 @@ def make_entry(registry: dict[str, CommandEntry]) -> CommandEntry:
     def run(cmd: Help, ctx: Ctx) -> Reply:
         listed = [e for e in registry.values() if e.listed]
         if cmd.command:
-            entry = registry.get(cmd.command)
+            name = next((n for n, e in registry.items() if e.spec.slack_name == cmd.command), cmd.command)
+            entry = registry.get(name)
             if entry is None or not entry.listed:
                 raise UnknownCommand(f"there is no /{cmd.command} command",
                                      hint="Commands: " + ", ".join(f"/{e.spec.name}" for e in listed))
             return Reply(entry.spec.help_text(), blocks.message(blocks.section(entry.spec.help_text())))
-        lines = [f"• `{e.spec.usage}` — {e.spec.summary}" for e in listed]
+        lines = [f"• `{e.spec.usage}` — {e.spec.summary}"
+                 + (f" (in Slack: `/{e.spec.slack_name}`)" if e.spec.slack_name else "") for e in listed]
         text = "*swarm-chatops* operates the Trading Bot Swarm by its runbook.\n" + "\n".join(lines)
         footer = "Add `--help` to any command for details. Every action is recorded in the audit log."
         return Reply(text + "\n" + footer,

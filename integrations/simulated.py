@@ -106,7 +106,8 @@ class SimCluster:
             self._fail_next = True
 
     def fail_jobs(self, prefix: str, log: str = "Error: simulated job failure") -> None:
-        """Jobs created from now on whose name starts with `prefix` fail, with `log` as their pod log."""
+        """Jobs created from now on whose name starts with `prefix`, or ends with `-<prefix>` (the bot names
+        Jobs `<run id>-<job>`, so `fail_jobs("migrate")` hits every run's migration), fail with `log`."""
         with self._lock:
             self._job_failures[prefix] = log
 
@@ -238,8 +239,8 @@ class SimCluster:
         with self._lock:
             if (namespace, name) in self._jobs:
                 return
-            fail_log = next((log for prefix, log in self._job_failures.items() if name.startswith(prefix)),
-                            None)
+            fail_log = next((log for prefix, log in self._job_failures.items()
+                             if name.startswith(prefix) or name.endswith(f"-{prefix}")), None)
             self._jobs[(namespace, name)] = _Job(copy.deepcopy(manifest), self._clock(), fail_log)
 
     def job_status(self, namespace: str, name: str) -> JobStatus:

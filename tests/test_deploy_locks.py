@@ -170,3 +170,15 @@ def test_force_unlock_of_a_running_run_rolls_it_back(deployer: Deployer) -> None
     run = deployer.wait_state(run_id)
     assert run.state == "rolled_back" and run.abort_requested_by == ROOT
     assert [r["actor_id"] for r in deployer.audit("deploy.abort", run_id)] == [ROOT]
+
+
+def test_force_unlock_of_a_running_run_rolls_it_back_under_the_lock(deployer: Deployer) -> None:
+    """/unlock --force on a running run stops it; the lock stays until its rollback ends, then it is free."""
+    _, run_id = deployer.deploy("v2.3 --env staging")
+    deployer.wait_step(run_id, "checklist")
+    reply = deployer.command("/unlock", "staging --force", ROOT)
+    assert "rolling back" in reply and "unlocks when it ends" in reply
+    run = deployer.wait_state(run_id)
+    assert run.state == "rolled_back" and run.abort_requested_by == ROOT
+    assert "is not locked" in deployer.command("/unlock", "staging", ROOT)
+    assert [r["outcome"] for r in deployer.audit("lock.break_glass")] == ["abort_requested"]

@@ -351,8 +351,9 @@ class Executor:
             status, detail, failure = "failed", str(exc), str(exc)
         except Aborted as exc:
             status, detail, failure = "failed", str(exc), str(exc)
-        except ChatOpsError as exc:
-            status, detail, failure = "failed", exc.message, exc.message
+        except ChatOpsError as exc:  # keep the hint (e.g. "check deploy/rbac.yaml"): it says what to do
+            text = exc.message + (f" — {exc.hint}" if exc.hint else "")
+            status, detail, failure = "failed", text, text
         except (LeaseLost, Stopping):
             raise
         except Exception as exc:  # a bug must still end in a rollback, not a stuck run

@@ -17,7 +17,7 @@ ICONS = {"pending": "⬜", "running": "🔄", "done": "✅", "failed": "❌", "s
 STATE_TEXT = {
     RunState.dry_run: "📝 Dry run: plan only, nothing will be changed",
     RunState.pending_approval: "⏳ Waiting for approval",
-    RunState.queued: "▶️ Approved, starting",
+    RunState.queued: "▶️ Starting",
     RunState.running: "🔄 Running",
     RunState.rolling_back: "⏪ Rolling back",
     RunState.succeeded: "✅ Succeeded",

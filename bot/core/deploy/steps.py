@@ -14,6 +14,8 @@ from bot.core.ports import WorkloadRef
 from bot.persistence.models import DeployRun, RunStep
 
 POLL = 0.5
+#: labels on the canary's pods; the default analysis queries select `version="canary"`
+CANARY_LABELS = {"version": "canary", "track": "canary"}
 
 
 def _ref(ctx: StepContext) -> WorkloadRef:
@@ -137,7 +139,8 @@ def job(ctx: StepContext) -> str | None:
         if status.failed:
             tail = ctx.backends.cluster.job_log_tail(t["namespace"], name)
             ctx.note(f":x: Job `{name}` failed: {status.message}\n```{tail[-2500:]}```")
-            raise StepFailed(f"job {name} failed: {status.message or 'see the log in the thread'}")
+            why = status.message or "see the log in the thread"
+            raise StepFailed(why if name in why else f"job {name} failed: {why}")
         ctx.wait(POLL)
 
 
@@ -215,14 +218,14 @@ def canary(ctx: StepContext) -> str | None:
             ctx.save(step=i, weight=weight, analysis="starting", tracker=None)
         canary_ref = WorkloadRef(t["namespace"], name, t["container"])
         if c["router"] == "istio":
-            cluster.ensure_copy(ref, name, ctx.plan["image"], total, {"track": "canary"})
+            cluster.ensure_copy(ref, name, ctx.plan["image"], total, CANARY_LABELS)
             wait_rollout(ctx, canary_ref, name)
             cluster.set_virtual_service_weights(t["namespace"], c.get("virtual_service") or t["deployment"],
                                                 c.get("host") or t["deployment"], c["stable_subset"],
                                                 c["canary_subset"], weight)
         else:
             canary_n = max(1, math.ceil(total * weight / 100))
-            cluster.ensure_copy(ref, name, ctx.plan["image"], canary_n, {"track": "canary"})
+            cluster.ensure_copy(ref, name, ctx.plan["image"], canary_n, CANARY_LABELS)
             cluster.scale(t["namespace"], t["deployment"], max(0, total - canary_n))
             wait_rollout(ctx, canary_ref, name)
         if ctx.data.get("applied") != weight:  # a resumed step re-applies (idempotently) but records once
@@ -370,9 +373,11 @@ def rollback_plan(run: DeployRun, steps: list[RunStep]) -> list[dict[str, Any]]:
         health_spec = next((s for s in plan_steps if s["kind"] == "health"), None)
         specs.append({"kind": "rb_health", "name": "Verify health after rollback", "timeout": 180,
                       "probes": health_spec.get("probes", []) if health_spec else []})
-    if "maintenance_on" in touched and deploy["maintenance_on"].status == "done":
+    finished = {s.kind for s in steps if s.phase == "deploy" and s.status == "done"}
+    # only undo what this run did and has not undone itself: trading already fully resumed stays as it is
+    if "maintenance_on" in finished and "maintenance_off" not in finished:
         specs.append({"kind": "rb_maintenance_off", "name": "Maintenance mode off", "timeout": 60})
-    if "trading_stop" in touched and deploy["trading_stop"].status == "done":
+    if "trading_stop" in finished and "trading_resume" not in finished:
         resume = next((s for s in plan_steps if s["kind"] == "trading_resume"), {})
         specs.append({"kind": "rb_trading_resume", "name": "Resume trading gradually (runbook 8.2 step 5)",
                       "fractions": resume.get("fractions", [0.25, 0.5, 1.0]),
