@@ -435,3 +435,9 @@ def test_export_with_an_unknown_actor_is_a_usage_error(chatops: Chatops, audited
     """An actor name missing from the config exits 2 naming it."""
     assert chatops("audit", "export", "--actor", "mallory") == cli.EXIT_CONFIG
     assert "'mallory' is not a known person" in capsys.readouterr().err
+
+
+def test_config_option_may_follow_the_subcommand(capsys: Capsys, isolated_cwd: Path) -> None:
+    """`chatops config check --config FILE` works as well as `chatops --config FILE config check`."""
+    assert cli.main(["config", "check", "--config", str(EXAMPLE_CONFIG)]) == cli.EXIT_OK
+    assert "OK — 2 environment(s)" in capsys.readouterr().out

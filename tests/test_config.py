@@ -214,3 +214,29 @@ def test_loaded_file_problems_name_the_file_as_source(write_config: Callable[[st
         load_config(path)
     assert info.value.source == str(path)
     assert info.value.problems == ["environments: at least one environment is needed"]
+
+
+def test_bad_analysis_query_is_reported_at_its_path(example_data: dict[str, Any]) -> None:
+    """A canary check whose PromQL template uses an unknown placeholder is caught by config check."""
+    example_data["environments"]["production"]["analysis"] = [
+        {"name": "errors", "query": 'sum(rate(x{ns="{namspace}"}[1m]))', "op": ">", "threshold": 0.05}]
+    assert any(p.startswith("environments.production") and "analysis.0.query" in p and "namspace" in p
+               for p in problems_of(example_data))
+
+
+def test_empty_analysis_is_reported(example_data: dict[str, Any]) -> None:
+    """analysis: [] would leave a canary unjudged: refused."""
+    example_data["environments"]["production"]["analysis"] = []
+    assert any("at least one check" in p for p in problems_of(example_data))
+
+
+def test_procedure_without_rollout_is_reported(example_data: dict[str, Any]) -> None:
+    """A procedure that never rolls out would deploy nothing: refused."""
+    example_data["environments"]["staging"]["procedure"] = [{"kind": "precheck"}]
+    assert any("needs a step of kind rollout" in p for p in problems_of(example_data))
+
+
+def test_kubernetes_without_a_way_to_connect_is_reported(example_data: dict[str, Any]) -> None:
+    """kubernetes: {} names the environment and the three ways to connect."""
+    example_data["environments"]["staging"]["kubernetes"] = {}
+    assert any(p.startswith("environments.staging") and "in_cluster" in p for p in problems_of(example_data))

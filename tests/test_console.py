@@ -203,3 +203,9 @@ def test_console_writes_an_audit_record_per_command(run_script: RunScript,
         db.dispose()
     assert records == [("alice", "command.help", "ok", None),
                        ("erin", "command.status", "ok", "production")]
+
+
+def test_slack_name_of_status_works_in_a_script(run_script: RunScript) -> None:
+    """/swarm-status (the name Slack registers, as /status is reserved) answers like /status."""
+    code, output = run_script(["/swarm-status --env staging"])
+    assert code == 0 and "*staging*" in output
