@@ -77,13 +77,19 @@ def _authorize_deploy(cmd: Deploy, ctx: Ctx) -> str | None:
     return env
 
 
+def _prefetch_deploy(cmd: Deploy, ctx: Ctx) -> str:
+    """The live image, read from the cluster before the transaction opens."""
+    return _svc(ctx).live_image(_env_of(ctx, cmd.env), cmd.version)
+
+
 def _run_deploy(cmd: Deploy, ctx: Ctx) -> Reply:
     env = _env_of(ctx, cmd.env)
     assert ctx.session is not None
     strategy = cmd.strategy or ctx.core.config.environments[env].default_strategy
     return _svc(ctx).request(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,
                              correlation_id=ctx.correlation_id, env_name=env, version=cmd.version,
-                             strategy=strategy, dry_run=cmd.dry_run, reason=cmd.reason, force=cmd.force)
+                             strategy=strategy, dry_run=cmd.dry_run, reason=cmd.reason, force=cmd.force,
+                             current_image=ctx.prefetched)
 
 
 # --- /lock and /unlock -------------------------------------------------------------------------------------
@@ -229,7 +235,7 @@ def _run_tick(value: dict[str, Any], ctx: Ctx) -> Reply:
 
 
 def make_entries() -> tuple[list[CommandEntry], list[ActionEntry]]:
-    return ([CommandEntry(SPEC, _authorize_deploy, _run_deploy, needs_db=True),
+    return ([CommandEntry(SPEC, _authorize_deploy, _run_deploy, needs_db=True, prefetch=_prefetch_deploy),
              CommandEntry(LOCK_SPEC, _authorize_lock, _run_lock, needs_db=True),
              CommandEntry(UNLOCK_SPEC, _authorize_unlock, _run_unlock, needs_db=True)],
             [ActionEntry(ActionId.deploy_approve, _authorize_approve, _run_approve),

@@ -38,6 +38,7 @@ class Ctx:
     channel_id: str | None
     correlation_id: str
     session: Session | None = None  # None for pure (ack-time) handlers
+    prefetched: Any = None
     response_url: str | None = None
 
     def audit(self, action: str, outcome: str, *, environment: str | None = None, **args: Any) -> None:
@@ -60,6 +61,8 @@ class CommandEntry:
     run: Handler
     needs_db: bool = False
     listed: bool = True
+    #: reads from outside systems done before the handler's transaction opens (result in ctx.prefetched)
+    prefetch: Callable[[Any, Ctx], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,12 @@ class Dispatcher:
             text, outcome = user_message(exc)
             return self._finish_now(inv, ctx, name, Reply(text), outcome, audit_args, None)
 
+        prefetch = entry.prefetch
+
         def job() -> None:
             self._run_deferred(inv.idempotency_key, "command", ctx, f"command.{name}", name, audit_args,
-                               environment, lambda c: entry.run(parsed, c))
+                               environment, lambda c: entry.run(parsed, c),
+                               (lambda c: prefetch(parsed, c)) if prefetch else None)
 
         return Prepared(None, job, name, "accepted")
 
@@ -216,8 +222,12 @@ class Dispatcher:
 
     # --- the deferred path --------------------------------------------------------------------------
     def _run_deferred(self, key: str, kind: str, ctx: Ctx, action: str, metric_name: str,
-                      audit_args: dict[str, Any], environment: str | None, run: Callable[[Ctx], Reply]) -> None:
+                      audit_args: dict[str, Any], environment: str | None, run: Callable[[Ctx], Reply],
+                      prefetch: Callable[[Ctx], Any] | None = None) -> None:
         try:
+            if prefetch is not None:
+                # network reads happen before the transaction: on SQLite it would hold the write lock
+                ctx.prefetched = prefetch(ctx)
             with self.core.db.transaction() as session:
                 if not _claim(session, key, kind):
                     self.metrics.slack_duplicates.labels(kind).inc()

@@ -124,6 +124,23 @@ def test_prometheus_down_fails_safe(world: World, fake_slack: FakeSlack, tmp_pat
         bot.stop()
 
 
+def test_kubernetes_down_at_plan_time_is_reported_and_audited(world: World, fake_slack: FakeSlack,
+                                                              tmp_path: Path) -> None:
+    """/deploy while the Kubernetes API answers 503: a clear message, no plan, no lock, an audit record."""
+    bot = start_bot(fake_slack, f"sqlite:///{tmp_path}/k8s-down.db", config=world.config)
+    try:
+        world.kube.error_next(3, status=503)
+        bot.command("/deploy", "v2.3 --env production --canary", ALICE, name="down", channel=DEPLOY_CHANNEL)
+        text = fake_slack.wait_for_response("down", timeout=20)[0].body["text"]
+        assert "kubernetes" in text.lower() and "Traceback" not in text
+        assert fake_slack.messages_in(DEPLOY_CHANNEL) == []
+        bot.settle()
+        last = records(bot.container.settings.database_url)[-1]
+        assert (last.action, last.outcome) == ("command.deploy", "backend_unavailable")
+    finally:
+        bot.stop()
+
+
 def test_istio_canary_shifts_virtual_service_weights(world: World, fake_slack: FakeSlack, tmp_path: Path) -> None:
     """With the istio router the canary's share is set by VirtualService weights 25/50/100, then back to 0."""
     import yaml

@@ -93,13 +93,10 @@ class DeployService:
     # --- /deploy ------------------------------------------------------------------------------------
     def request(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
                 env_name: str, version: str, strategy: str, dry_run: bool, reason: str | None,
-                force: bool) -> Reply:
+                force: bool, current_image: str | None = None) -> Reply:
         env = self.env(env_name)
-        if not env.tag_allowed(version):
-            raise CommandError(f"version {version} is not allowed in {env_name}",
-                               hint=f"{env_name} accepts tags matching `{env.allowed_tags}`.")
-        backends = self.backends(env_name)
-        current_image = backends.cluster.current_image(self.ref(env))
+        if current_image is None:
+            current_image = self.live_image(env_name, version)
         image = f"{env.image}:{version}"
         if current_image == image:
             raise Conflict(f"{env_name} already runs {image}; nothing to deploy")
@@ -154,6 +151,15 @@ class DeployService:
                          f"{env.approvals_required} approval(s) from approvers other than you within "
                          f"{describe_duration(env.approval_ttl_minutes * 60)}.")
         return Reply(f"Deploying {version} → {env_name} (run `{run_id}`); follow it{where or ' in the channel'}.")
+
+    def live_image(self, env_name: str, version: str) -> str:
+        """Check the version against the environment's tag pattern, then read the live image (a network
+        call: callers make it outside their write transaction)."""
+        env = self.env(env_name)
+        if not env.tag_allowed(version):
+            raise CommandError(f"version {version} is not allowed in {env_name}",
+                               hint=f"{env_name} accepts tags matching `{env.allowed_tags}`.")
+        return self.backends(env_name).cluster.current_image(self.ref(env))
 
     def _wake_after_commit(self, session: Session) -> None:
         from sqlalchemy import event
