@@ -131,7 +131,7 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     worker = OutboxWorker(db, transport, metrics, max_attempts=settings.outbox_max_attempts)
     outbox.subscribe(worker.wakeup)
     executor = Executor(db, deploy, {**HANDLERS, **ROLLBACK_HANDLERS}, rollback_plan,
-                        lease_seconds=settings.deploy_lease_seconds)
+                        lease_seconds=settings.deploy_lease_seconds, metrics=metrics)
     writer = BatchWriter(db)
     dispatcher.writer = writer
     return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, executor, sims,

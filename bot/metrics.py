@@ -33,6 +33,13 @@ class Metrics:
         self.outbox_retries = Counter("chatops_outbox_retries_total", "Slack calls retried",
                                       ["reason"], registry=r)
         self.outbox_dead = Counter("chatops_outbox_dead_total", "Slack calls given up on", registry=r)
+        self.deploy_runs = Counter("chatops_deploy_runs_total", "Deploy runs finished, by environment and outcome",
+                                   ["environment", "outcome"], registry=r)
+        self.deploy_steps = Histogram("chatops_deploy_step_seconds", "Deploy step durations by kind and status",
+                                      ["kind", "status"], buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+                                      registry=r)
+        self.deploy_executor_errors = Counter("chatops_deploy_executor_errors_total",
+                                              "Unexpected errors of the deploy engine itself", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,13 @@ class RunningBot:
         self.client.close()
 
 
-def start_bot(fake: FakeSlack, database_url: str, **extra: Any) -> RunningBot:
+def start_bot(fake: FakeSlack, database_url: str, *, prepare: Callable[[Container], Container] | None = None,
+              **extra: Any) -> RunningBot:
+    """`prepare` may adjust the container (e.g. faster simulated rollouts) before anything starts."""
     settings = bot_settings(fake, database_url, **extra)
     container = build(settings)
+    if prepare is not None:
+        container = prepare(container)
     container.db.upgrade()
     app = create_app(container)
     port = free_port()

@@ -251,3 +251,11 @@ def test_second_abort_click_during_the_run_is_harmless(deployer: Deployer) -> No
     deployer.wait_state(run_id)
     assert len(deployer.audit("deploy.rollback.start", run_id)) == 1
     assert len(deployer.audit("deploy.abort", run_id)) == 1
+
+
+def test_finished_run_and_its_steps_show_in_metrics(succeeded: tuple[Deployer, str]) -> None:
+    """/metrics counts the finished run by environment and outcome, and times its steps by kind."""
+    d, _ = succeeded
+    text = d.bot.client.get(f"{d.bot.url}/metrics").text
+    assert 'chatops_deploy_runs_total{environment="production",outcome="succeeded"} 1.0' in text
+    assert 'chatops_deploy_step_seconds_count{kind="rollout",status="done"} 1.0' in text

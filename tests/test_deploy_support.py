@@ -26,7 +26,6 @@ from bot.core.ports import WorkloadRef
 from bot.ids import decode_value
 from bot.persistence import audit as audit_log
 from bot.persistence.models import Approval, AuditRecord, DeployRun, RunStep, SlackMessage
-from tests import bot_server
 from tests.bot_server import RunningBot, start_bot
 from tests.harness.signing import block_actions_body
 from tests.harness.slack_api import FakeSlack
@@ -104,18 +103,8 @@ def fast_sims(container: Container) -> Container:
 
 def start_deploy_bot(fake: FakeSlack, database_url: str, config: Path,
                      prepare: Callable[[Container], Container] = fast_sims, **settings: Any) -> Deployer:
-    """Start the real bot; `prepare` edits the container before its executor starts (tests/bot_server.py
-    builds the container itself, so its `build` is swapped for the call; tests run one at a time)."""
-    original = bot_server.build
-
-    def build(settings_: Any) -> Container:
-        return prepare(original(settings_))
-
-    bot_server.build = build  # type: ignore[assignment]
-    try:
-        running = start_bot(fake, database_url, config=config, **settings)
-    finally:
-        bot_server.build = original  # type: ignore[assignment]
+    """Start the real bot; `prepare` edits the container before its executor starts."""
+    running = start_bot(fake, database_url, prepare=prepare, config=config, **settings)
     return Deployer(running)
 
 

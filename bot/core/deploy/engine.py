@@ -30,6 +30,7 @@ from bot.core.deploy.states import RunState
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends
 from bot.errors import ChatOpsError
+from bot.metrics import Metrics
 from bot.persistence.db import Database
 from bot.persistence.models import DeployRun, RunStep
 
@@ -140,7 +141,8 @@ class Executor:
     def __init__(self, db: Database, service: DeployService, handlers: dict[str, Handler],
                  rollback_plan: Callable[[DeployRun, list[RunStep]], list[dict[str, Any]]],
                  *, worker_id: str | None = None, poll_seconds: float = 1.0,
-                 lease_seconds: float = LEASE_SECONDS) -> None:
+                 lease_seconds: float = LEASE_SECONDS, metrics: Metrics | None = None,
+                 max_engine_errors: int = 5) -> None:
         self.db = db
         self.service = service
         self.handlers = handlers
@@ -148,6 +150,9 @@ class Executor:
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
+        self.metrics = metrics
+        self.max_engine_errors = max_engine_errors
+        self._engine_errors: dict[str, int] = {}
         self.kick = service.wakeup
         self.stopping = threading.Event()
         self._runners: dict[str, threading.Thread] = {}
@@ -230,6 +235,32 @@ class Executor:
                 locks.extend(session, run.environment, run_id,
                              timedelta(minutes=self.service.env(run.environment).lock_ttl_minutes))
 
+    def _give_up(self, run_id: str, errors: int) -> None:
+        """The engine itself keeps failing on this run (a bug, not a failed step): stop retrying, end the run
+        as failed so a person looks, and say so loudly. Nothing further is done to the cluster."""
+        try:
+            with self.db.transaction() as session:
+                run = self.service.load(session, run_id)
+                state = RunState(run.state)
+                if state in (RunState.running, RunState.rolling_back):
+                    self.service.transition(session, run, RunState.failed)
+                elif state == RunState.queued:
+                    self.service.transition(session, run, RunState.aborted)
+                else:
+                    return
+                run.finished_at = utcnow()
+                run.outcome = (f"the deploy engine failed {errors} times on this run and stopped; the cluster may "
+                               "be mid-change — a person must look (see the logs)")
+                locks.release(session, run.environment, run_id=run_id)
+                self.service.audit(session, run, None, "deploy.engine_error", run.state, errors=errors)
+                self._alert(session, run, f":rotating_light: Deploy {run.version} → {run.environment} STOPPED: "
+                                          f"{run.outcome}")
+                self.service.refresh_message(session, run)
+            if self.metrics is not None:
+                self.metrics.deploy_runs.labels(run.environment, run.state).inc()
+        except Exception:
+            log.exception("run %s: could not record that the engine gave up", run_id)
+
     def _release_lease(self, run_id: str) -> None:
         with self.db.transaction() as session:
             session.execute(update(DeployRun).where(DeployRun.id == run_id, DeployRun.lease_owner == self.worker_id)
@@ -256,8 +287,15 @@ class Executor:
         except (LeaseLost, Stopping):
             log.info("run %s left for another owner", run_id)
         except Exception:
-            log.exception("run %s: executor error; it will be retried by the next scan", run_id)
-            time.sleep(1)
+            errors = self._engine_errors.get(run_id, 0) + 1
+            self._engine_errors[run_id] = errors
+            if self.metrics is not None:
+                self.metrics.deploy_executor_errors.inc()
+            log.exception("run %s: engine error %d of %d", run_id, errors, self.max_engine_errors)
+            if errors >= self.max_engine_errors:
+                self._give_up(run_id, errors)
+            else:
+                time.sleep(1)
         finally:
             try:
                 self._release_lease(run_id)
@@ -281,6 +319,10 @@ class Executor:
             if state == RunState.running:
                 if run.abort_requested_by:
                     self._start_rollback(run_id, f"aborted by <@{run.abort_requested_by}>")
+                    continue
+                failed = [s for s in steps if s.phase == "deploy" and s.status == "failed"]
+                if failed:  # a failure whose rollback never started (crash or engine error in between)
+                    self._start_rollback(run_id, f"“{failed[0].name}” failed: {failed[0].detail}")
                     continue
                 pending = [s for s in steps if s.phase == "deploy" and s.status in ("pending", "running")]
                 if not pending:
@@ -365,6 +407,9 @@ class Executor:
             assert row is not None
             row.status, row.finished_at, row.detail = status, utcnow(), detail
             row.data = dict(ctx.data)
+            if self.metrics is not None:
+                took = (row.finished_at - (aware(row.started_at) or row.finished_at)).total_seconds()
+                self.metrics.deploy_steps.labels(step.kind, status).observe(took)
             self.service.audit(session, live, None, f"deploy.step.{'end' if status != 'failed' else 'fail'}", status,
                                step=step.name, phase=step.phase, detail=detail)
             self.service.refresh_message(session, live)
@@ -416,6 +461,8 @@ class Executor:
             run.outcome = outcome + (f"; {' and '.join(notes)}" if notes else "")
             locks.release(session, run.environment, run_id=run_id)
             self.service.audit(session, run, None, f"deploy.{state.value}", state.value, result=run.outcome)
+            if self.metrics is not None:
+                self.metrics.deploy_runs.labels(run.environment, state.value).inc()
             took = describe_duration(((run.finished_at or utcnow()) - (aware(run.started_at) or utcnow()))
                                      .total_seconds())
             icon = {RunState.succeeded: "✅", RunState.rolled_back: "⏪"}.get(state, "🚨")
