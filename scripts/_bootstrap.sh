@@ -88,7 +88,7 @@ apt_install() {  # apt_install PACKAGE... (root with apt-get only; `apt-get upda
         _APT_UPDATED=1
     fi
     say "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
 }
 
 find_tool() {  # find_tool BINARY [DIRS_FUNCTION]: print BINARY's path (PATH, then the dirs listed)
