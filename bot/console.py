@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from bot.container import Container, build
-from bot.core.model import ActionInvocation, Actor, Invocation, Reply
+from bot.core.model import ActionInvocation, Actor, Invocation
 from bot.errors import UnknownCommand
 from bot.outbox import Delivered, PermanentError
 from bot.render import buttons_of, render
@@ -330,4 +330,4 @@ def run_console(settings: Settings, *, script: list[str] | None, stdin: TextIO =
         container.stop()
 
 
-__all__ = ["Console", "ConsoleTransport", "run_console", "Reply"]
+__all__ = ["Console", "ConsoleTransport", "run_console"]

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select, update
@@ -26,20 +26,10 @@ from bot.metrics import Metrics
 from bot.persistence.audit import AuditEntry, append
 from bot.persistence.db import Database
 from bot.persistence.models import OutboxMessage, SlackMessage
+from bot.timeutil import aware, utcnow
 
 log = logging.getLogger(__name__)
 CLAIM_SECONDS = 60
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite gives naive datetimes back; they were stored as UTC
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
 
 
 # --- the transport port ----------------------------------------------------------------------
@@ -211,7 +201,7 @@ class OutboxWorker:
             ).scalar_one_or_none()
         if soonest is None:
             return poll_seconds
-        delta = (_aware(soonest) - utcnow()).total_seconds()  # type: ignore[operator]
+        delta = (aware(soonest) - utcnow()).total_seconds()  # type: ignore[operator]
         return max(0.01, min(poll_seconds, delta))
 
     def pending_due(self) -> int:
@@ -232,10 +222,10 @@ class OutboxWorker:
         attempted = 0
         for row in rows:
             lane = row.channel or f"row:{row.id}"
-            claimed_until = _aware(row.claimed_until)
+            claimed_until = aware(row.claimed_until)
             if lane in blocked:
                 continue
-            if _aware(row.not_before) > now or (claimed_until is not None and claimed_until > now  # type: ignore[operator]
+            if aware(row.not_before) > now or (claimed_until is not None and claimed_until > now  # type: ignore[operator]
                                                  and row.claimed_by != self.worker_id):
                 blocked.add(lane)  # keep the order: nothing overtakes a waiting row of its channel
                 continue

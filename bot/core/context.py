@@ -25,4 +25,3 @@ class Core:
     #: last resort when the database itself is down: tell the user directly, bypassing the outbox
     direct_reply: Callable[[str | None, str | None, str, Reply], None] | None = None
     deploy: Any = None  # bot.core.deploy.service.DeployService, wired by the container
-    extras: dict[str, Any] = field(default_factory=dict)

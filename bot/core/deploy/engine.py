@@ -23,9 +23,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from bot.core.deploy import locks
-from bot.core.deploy.locks import aware, utcnow
 from bot.core.deploy.plan import describe_duration
-from bot.core.deploy.service import DeployService, run_key
+from bot.core.deploy.service import DeployService
 from bot.core.deploy.states import RunState
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends
@@ -33,6 +32,7 @@ from bot.errors import ChatOpsError
 from bot.metrics import Metrics
 from bot.persistence.db import Database
 from bot.persistence.models import DeployRun, RunStep
+from bot.timeutil import aware, utcnow
 
 log = logging.getLogger(__name__)
 LEASE_SECONDS = 15.0
@@ -476,8 +476,4 @@ class Executor:
             self.service.refresh_message(session, run)
 
 
-def wake(service: DeployService) -> None:
-    service.wakeup.set()
-
-
-__all__ = ["Executor", "StepContext", "StepFailed", "Skipped", "Aborted", "run_key"]
+__all__ = ["Executor", "StepContext", "StepFailed", "Skipped", "Aborted"]

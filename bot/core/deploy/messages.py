@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Any
 
 from bot import blocks
-from bot.core.deploy.locks import aware, utcnow
 from bot.core.deploy.plan import describe_duration
 from bot.core.deploy.states import RunState
 from bot.core.model import Reply
 from bot.ids import ActionId, encode_value
 from bot.persistence.models import Approval, DeployRun, RunStep
+from bot.timeutil import aware, utcnow
 
 ICONS = {"pending": "⬜", "running": "🔄", "done": "✅", "failed": "❌", "skipped": "⏭️", "waiting": "⏳"}
 STATE_TEXT = {

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from bot.config import CheckSettings, Config, Environment, Role
 from bot.core.deploy import locks
-from bot.core.deploy.locks import aware, utcnow
 from bot.core.deploy.messages import render_run
 from bot.core.deploy.plan import build_plan, describe_duration, plan_hash
 from bot.core.deploy.states import ACTIVE, RunState, check_transition
@@ -30,6 +29,7 @@ from bot.errors import CommandError, Conflict, NotFound, PermissionDenied
 from bot.outbox import Outbox
 from bot.persistence.audit import AuditEntry, append
 from bot.persistence.models import Approval, DeployRun, RunStep
+from bot.timeutil import aware, utcnow
 
 
 def run_key(run_id: str) -> str:
