@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import CheckSettings, Config, load_config
 from bot.core.context import Core
-from bot.core.deploy.engine import Executor
-from bot.core.deploy.service import DeployService
-from bot.core.deploy.steps import HANDLERS, ROLLBACK_HANDLERS, rollback_plan
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends
 from bot.core.rbac import Authorizer, GroupDirectory
+from bot.core.runs.engine import Executor
+from bot.core.runs.store import RunStore
+from bot.core.runs.workflow import Registry
+from bot.core.workflows.deploy.service import DeployService
+from bot.core.workflows.deploy.workflow import DeployWorkflow
 from bot.metrics import Metrics
 from bot.outbox import Outbox, OutboxWorker, Transport
 from bot.persistence.batch import BatchWriter
@@ -122,7 +124,12 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     for name, eb in env_backends.items():
         for kind, label in eb.labels.items():
             backends[f"{name}.{kind}"] = label
-    deploy = DeployService(config, authorizer, outbox, env_backends.__getitem__, default_check_settings)
+    workflows = Registry()
+    deploy_workflow = DeployWorkflow(config, env_backends.__getitem__)
+    workflows.add(deploy_workflow)
+    store = RunStore(config, outbox, env_backends.__getitem__, workflows)
+    deploy_workflow.store = store
+    deploy = DeployService(config, authorizer, store, default_check_settings)
     core = Core(config=config, authorizer=authorizer, db=db, outbox=outbox, backends=backends,
                 direct_reply=_direct_reply(transport), deploy=deploy)
     commands, actions = registry.build()
@@ -130,8 +137,9 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     tasks = TaskRunner(metrics, workers=settings.worker_threads)
     worker = OutboxWorker(db, transport, metrics, max_attempts=settings.outbox_max_attempts)
     outbox.subscribe(worker.wakeup)
-    executor = Executor(db, deploy, {**HANDLERS, **ROLLBACK_HANDLERS}, rollback_plan,
-                        lease_seconds=settings.deploy_lease_seconds, metrics=metrics)
+    executor = Executor(db, store, lease_seconds=settings.deploy_lease_seconds, metrics=metrics)
+    core.runs = store
+    core.executor = executor
     writer = BatchWriter(db)
     dispatcher.writer = writer
     return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, executor, sims,

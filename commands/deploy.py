@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import Role
-from bot.core.deploy.service import DeployService
 from bot.core.model import Reply
+from bot.core.workflows.deploy.service import DeployService
 from bot.errors import UnknownEnvironment
 from bot.ids import ActionId
 from commands.dispatch import ActionEntry, CommandEntry, Ctx
@@ -155,7 +155,7 @@ def _authorize_unlock(cmd: Unlock, ctx: Ctx) -> str | None:
 
 
 def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
-    from bot.core.deploy import locks
+    from bot.core import locks
     from bot.errors import Conflict, PermissionDenied
 
     assert ctx.session is not None

@@ -74,15 +74,18 @@ def _live(ctx: Ctx, env: str) -> str:
     """Locks and active runs, from the database (so every replica tells the same story)."""
     if ctx.session is None or ctx.core.deploy is None:
         return ""
-    from bot.core.deploy import locks
-    from bot.core.deploy.messages import STATE_TEXT
-    from bot.core.deploy.states import RunState
+    from bot.core import locks
+    from bot.core.runs.states import RunState
+    from bot.core.workflows.deploy.messages import STATE_TEXT
+    from bot.core.workflows.deploy.plan import subject_of
 
     lines = []
     holder = locks.current(ctx.session, env)
     lines.append(f"\n:lock: {holder.describe()}" if holder else "\nLock: free")
     for run in ctx.core.deploy.active_runs(ctx.session, env):
-        lines.append(f"\nRun `{run.id}`: {run.version} ({run.strategy}) — {STATE_TEXT[RunState(run.state)]}, "
+        subj = subject_of(run) if run.kind == "deploy" else None
+        what = f"{subj.version} ({subj.strategy})" if subj else run.kind.replace("_", " ")
+        lines.append(f"\nRun `{run.id}`: {what} — {STATE_TEXT[RunState(run.state)]}, "
                      f"requested by {run.requested_name or run.requested_by}")
     return "".join(lines)
 

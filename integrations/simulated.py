@@ -105,6 +105,12 @@ class SimCluster:
         with self._lock:
             self._fail_next = True
 
+    def restart_rollout(self, namespace: str, name: str) -> None:
+        """What `kubectl rollout restart` does for a stuck rollout: new pods, which (unless another failure
+        is armed) become available."""
+        with self._lock:
+            self._start_rollout(self._get(namespace, name))
+
     def fail_jobs(self, prefix: str, log: str = "Error: simulated job failure") -> None:
         """Jobs created from now on whose name starts with `prefix`, or ends with `-<prefix>` (the bot names
         Jobs `<run id>-<job>`, so `fail_jobs("migrate")` hits every run's migration), fail with `log`."""

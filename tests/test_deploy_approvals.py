@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.core.deploy import locks
+from bot.core import locks
 from tests.harness.slack_api import FakeSlack
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     ALICE,

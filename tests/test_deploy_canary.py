@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.core.deploy import locks
+from bot.core import locks
 from tests.harness.slack_api import FakeSlack
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     ALICE,

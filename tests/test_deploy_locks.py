@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from bot.core.deploy import locks
+from bot.core import locks
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     ALICE,
     BOB,
@@ -81,7 +81,7 @@ def test_force_deploy_never_overrides_a_running_deploy(deployer: Deployer) -> No
     """--force breaks a freeze, not another run's lock: the admin is refused and pointed at /unlock --force."""
     _, first = deployer.deploy("v2.3 --env production --canary")
     reply = deployer.command("/deploy", "v2.4 --env production --force", ROOT)
-    assert f"deploy run `{first}`" in reply and "/unlock production --force" in reply
+    assert f"run `{first}`" in reply and "/unlock production --force" in reply
     assert len(deployer.audit("deploy.plan")) == 1
 
 
@@ -120,7 +120,7 @@ def test_unlock_of_a_run_lock_is_refused_without_force(deployer: Deployer) -> No
     """A lock held by a run is released when the run ends; /unlock says so and points at Abort."""
     _, run_id = deployer.deploy("v2.3 --env production --canary")
     reply = deployer.command("/unlock", "production")
-    assert f"deploy run `{run_id}`" in reply and "released when the run ends" in reply
+    assert f"run `{run_id}`" in reply and "released when the run ends" in reply
     assert holder(deployer) is not None
 
 
@@ -150,7 +150,7 @@ def test_status_shows_the_lock_and_the_active_run(deployer: Deployer) -> None:
     """/status names the lock holder and each active run with its state and requester."""
     _, run_id = deployer.deploy("v2.3 --env production --canary")
     text = deployer.command("/swarm-status", "--env production", BOB)
-    assert f"`production` is locked by alice for deploy run `{run_id}`" in text
+    assert f"`production` is locked by alice for run `{run_id}`" in text
     assert f"Run `{run_id}`: v2.3 (canary) — ⏳ Waiting for approval, requested by alice" in text
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from bot.core.deploy import locks
-from bot.persistence.models import DeployRun
+from bot.core import locks
+from bot.persistence.models import Run
 from tests.harness.signing import slash_command_body
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     ALICE,
@@ -27,7 +27,7 @@ from tests.test_deploy_support import (  # noqa: F401  (fixtures)
 
 def run_count(d: Deployer) -> int:
     with d.container.db.read() as session:
-        return int(session.execute(select(func.count()).select_from(DeployRun)).scalar_one())
+        return int(session.execute(select(func.count()).select_from(Run)).scalar_one())
 
 
 def test_plan_message_shows_what_will_happen(deployer: Deployer) -> None:
@@ -124,7 +124,7 @@ def test_second_deploy_while_a_run_holds_the_lock_names_holder_time_and_run(depl
     """A /deploy while another run holds the environment says who holds it, since when, and which run."""
     _, first = deployer.deploy("v2.3 --env production --canary")
     reply = deployer.command("/deploy", "v2.4 --env production", ROOT)
-    assert "`production` is locked by alice" in reply and f"deploy run `{first}`" in reply
+    assert "`production` is locked by alice" in reply and f"run `{first}`" in reply
     assert "since " in reply and " UTC" in reply
     assert run_count(deployer) == 1
 

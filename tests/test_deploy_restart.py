@@ -36,7 +36,7 @@ def sharing_backends_of(old: Deployer) -> Callable[[Container], Container]:
     def prepare(container: Container) -> Container:
         container.sims = old.container.sims
         assert container.core.deploy is not None and old.container.core.deploy is not None
-        container.core.deploy.backends = old.container.core.deploy.backends
+        container.core.runs.backends = old.container.core.runs.backends
         return container
     return prepare
 
@@ -51,7 +51,7 @@ def bots() -> Iterator[list[Deployer]]:
 
 
 def step_starts(d: Deployer, run_id: str) -> list[str]:
-    return [r["args"]["step"] for r in d.audit("deploy.step.start", run_id) if r["args"]["phase"] == "deploy"]
+    return [r["args"]["step"] for r in d.audit("deploy.step.start", run_id) if r["args"]["phase"] == "main"]
 
 
 # --- resume ------------------------------------------------------------------------------------------

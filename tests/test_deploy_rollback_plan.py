@@ -4,25 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.core.deploy.steps import rollback_plan
-from bot.persistence.models import DeployRun, RunStep
+from bot.core.workflows.deploy.steps import rollback_plan
+from bot.persistence.models import Run, RunStep
 
 KINDS = ["precheck", "trading_stop", "maintenance_on", "rollout", "health", "maintenance_off", "trading_resume",
          "monitor"]
 
 
-def run_with(statuses: dict[str, str]) -> tuple[DeployRun, list[RunStep]]:
+def run_with(statuses: dict[str, str]) -> tuple[Run, list[RunStep]]:
     plan: dict[str, Any] = {"steps": [{"kind": k, "name": k, "probes": []} for k in KINDS],
                             "rollout_timeout": 60, "strategy": "rolling"}
-    run = DeployRun(id="r-1", plan=plan, previous_image="img:v1")
-    steps = [RunStep(run_id="r-1", idx=i, phase="deploy", kind=k, name=k, status=statuses.get(k, "pending"),
+    plan["previous_image"] = "img:v1"
+    run = Run(id="r-1", kind="deploy", plan=plan,
+              subject={"v": 1, "version": "v2", "image": "img:v2", "previous_image": "img:v1", "strategy": "rolling"})
+    steps = [RunStep(run_id="r-1", idx=i, phase="main", kind=k, name=k, status=statuses.get(k, "pending"),
                      data={}) for i, k in enumerate(KINDS)]
     return run, steps
 
 
 def kinds(statuses: dict[str, str]) -> list[str]:
     run, steps = run_with(statuses)
-    return [s["kind"] for s in rollback_plan(run, steps)]
+    return [s.kind for s in rollback_plan(run, steps)]
 
 
 def test_failure_after_trading_fully_resumed_leaves_trading_alone() -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from bot.core.deploy import locks
+from bot.core import locks
+from bot.core.model import Actor
 from tests.harness.slack_api import FakeSlack
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     JOBS,
@@ -266,9 +267,27 @@ def test_failing_rollback_ends_failed_and_calls_for_a_person(deployer: Deployer)
     cluster.fail_next_rollout()  # the restore's rollout fails too
     run = deployer.wait_state(run_id)
     assert run.state == "failed"
-    assert "Restore" in (run.outcome or "") and "trading is STOPPED" in (run.outcome or "")
+    trading = deployer.sim("staging").trading.status()
+    assert not trading.trading and trading.maintenance  # what the stand-in shows ...
+    outcome = run.outcome or ""  # ... is what the run says it left behind
+    assert "Restore" in outcome and "trading: stopped (was on)" in outcome
+    assert "maintenance mode: on (was off)" in outcome
     assert "FAILED" in deployer.message_text(run_id)
-    assert any("FAILED and needs a person" in t for t in deployer.channel_texts(STAGING_INCIDENT))
+    alerts = [t for t in deployer.channel_texts(STAGING_INCIDENT) if "FAILED and needs a person" in t]
+    assert alerts and "trading: halted" in alerts[0] and "/rollback --env staging" in alerts[0]
+    with deployer.container.db.read() as session:  # the environment stays locked by the run for a person
+        holder = locks.current(session, "staging")
+    assert holder is not None and holder.run_id == run_id
+    # a person fixes the stuck rollout and continues the rollback: it finishes, the environment is free
+    cluster.restart_rollout("trading-staging", "trading-bot-swarm")
+    with deployer.container.db.transaction() as session:
+        live = deployer.container.core.runs.load(session, run_id)
+        deployer.container.executor.continue_rollback(session, live, Actor("U0ALICE01", "alice"))
+    run = deployer.wait_state(run_id, "rolled_back")
+    trading = deployer.sim("staging").trading.status()
+    assert trading.trading and not trading.maintenance
+    assert "still changed" not in (run.outcome or "")
+    assert deployer.live_image("staging") == OLD_IMAGE
     with deployer.container.db.read() as session:
         assert locks.current(session, "staging") is None
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from bot.config import Config
-from bot.core.deploy.plan import build_plan, plan_hash
-from bot.core.deploy.states import ACTIVE, TERMINAL, TRANSITIONS, RunState, check_transition
+from bot.core.runs.states import ACTIVE, TERMINAL, TRANSITIONS, RunState, check_transition
+from bot.core.workflows.deploy.plan import build_plan, plan_hash
 from bot.errors import Conflict, InvalidTransition
 from tests.test_deploy_support import OLD_IMAGE
 
@@ -41,10 +41,12 @@ def test_invalid_transition_is_a_conflict_for_users() -> None:
 
 
 def test_finished_runs_cannot_move() -> None:
-    """Succeeded, rolled back, failed, aborted, expired and dry runs are final and not active."""
-    assert TERMINAL == {RunState.succeeded, RunState.rolled_back, RunState.failed, RunState.aborted,
-                        RunState.expired, RunState.dry_run}
-    assert not TERMINAL & ACTIVE
+    """Succeeded, rolled back, aborted, expired and dry runs are final and not active; a failed run can
+    only go back to rolling back (a person continues its rollback with /rollback)."""
+    assert TERMINAL == {RunState.succeeded, RunState.rolled_back, RunState.aborted, RunState.expired,
+                        RunState.dry_run}
+    assert TRANSITIONS[RunState.failed] == {RunState.rolling_back}
+    assert not TERMINAL & ACTIVE and RunState.failed not in ACTIVE
 
 
 def test_nothing_runs_without_passing_through_approval_or_the_queue() -> None:

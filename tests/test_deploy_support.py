@@ -21,11 +21,11 @@ import yaml
 from sqlalchemy import select
 
 from bot.container import Container
-from bot.core.deploy.service import run_key
 from bot.core.ports import WorkloadRef
+from bot.core.runs.store import run_key
 from bot.ids import decode_value
 from bot.persistence import audit as audit_log
-from bot.persistence.models import Approval, AuditRecord, DeployRun, RunStep, SlackMessage
+from bot.persistence.models import Approval, AuditRecord, Run, RunStep, SlackMessage
 from tests.bot_server import RunningBot, start_bot
 from tests.harness.signing import block_actions_body
 from tests.harness.slack_api import FakeSlack
@@ -39,7 +39,7 @@ STAGING_DEPLOY, STAGING_INCIDENT = "C0STAGING1", "C0STAGEINC"
 IMAGE = "registry.example.com/trading-bot-swarm"
 OLD_IMAGE, NEW_IMAGE = f"{IMAGE}:v2.2.0", f"{IMAGE}:v2.3"
 ROLLOUT_SECONDS = 0.3  # the simulated cluster's rollout time in these tests (the console's is 1 s)
-TERMINAL = ("succeeded", "rolled_back", "failed", "aborted", "expired")
+FINISHED = ("succeeded", "rolled_back", "failed", "aborted", "expired")
 
 
 # --- configuration ----------------------------------------------------------------------------------
@@ -268,13 +268,13 @@ class Deployer:
         return [self.reply(name) for name, _ in posts]
 
     # the database
-    def run(self, run_id: str) -> DeployRun:
+    def run(self, run_id: str) -> Run:
         with self.container.db.read() as session:
-            run = session.get(DeployRun, run_id)
+            run = session.get(Run, run_id)
             assert run is not None, run_id
             return run
 
-    def steps(self, run_id: str, phase: str = "deploy") -> list[RunStep]:
+    def steps(self, run_id: str, phase: str = "main") -> list[RunStep]:
         with self.container.db.read() as session:
             stmt = select(RunStep).where(RunStep.run_id == run_id, RunStep.phase == phase)
             return list(session.execute(stmt.order_by(RunStep.idx)).scalars())
@@ -286,8 +286,8 @@ class Deployer:
         with self.container.db.read() as session:
             return list(session.execute(select(Approval).where(Approval.run_id == run_id)).scalars())
 
-    def wait_state(self, run_id: str, *states: str, timeout: float = 40.0) -> DeployRun:
-        wanted = states or TERMINAL
+    def wait_state(self, run_id: str, *states: str, timeout: float = 40.0) -> Run:
+        wanted = states or FINISHED
         wait_until(lambda: self.run(run_id).state in wanted, timeout, f"run {run_id} to reach {wanted}")
         run = self.run(run_id)
         self.bot.settle()

@@ -24,4 +24,6 @@ class Core:
     backends: dict[str, str] = field(default_factory=dict)  # what is real and what is simulated
     #: last resort when the database itself is down: tell the user directly, bypassing the outbox
     direct_reply: Callable[[str | None, str | None, str, Reply], None] | None = None
-    deploy: Any = None  # bot.core.deploy.service.DeployService, wired by the container
+    deploy: Any = None  # bot.core.workflows.deploy.service.DeployService, wired by the container
+    runs: Any = None  # bot.core.runs.store.RunStore
+    executor: Any = None  # bot.core.runs.engine.Executor (continue_rollback)

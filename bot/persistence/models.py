@@ -95,17 +95,17 @@ class SlackMessage(Base):
     __table_args__ = (UniqueConstraint("channel", "ts", name="uq_slack_messages_channel_ts"),)
 
 
-class DeployRun(Base):
-    """A deployment: its plan, approvals state and execution, persisted so any replica can resume it."""
+class Run(Base):
+    """A workflow run (deploy, stop-trading, resume-trading, rollback, ...): its plan, approvals state and
+    execution, persisted so any replica can resume it. `kind` names the workflow, `subject` is the
+    workflow's typed subject as versioned JSON (for a deploy: version, image, previous image, strategy)."""
 
-    __tablename__ = "deploy_runs"
+    __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
     environment: Mapped[str] = mapped_column(String(64))
-    version: Mapped[str] = mapped_column(String(64))
-    image: Mapped[str] = mapped_column(String(300))
-    previous_image: Mapped[str | None] = mapped_column(String(300))
-    strategy: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
     dry_run: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str | None] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(64))
@@ -126,8 +126,10 @@ class DeployRun(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     correlation_id: Mapped[str] = mapped_column(String(64))
+    parent_run_id: Mapped[str | None] = mapped_column(String(32))  # e.g. the deploy a /rollback undoes
 
-    __table_args__ = (Index("ix_deploy_runs_state", "state"), Index("ix_deploy_runs_env", "environment"))
+    __table_args__ = (Index("ix_runs_state", "state"), Index("ix_runs_env_created", "environment", "created_at"),
+                      Index("ix_runs_kind", "kind"))
 
 
 class RunStep(Base):
@@ -135,10 +137,10 @@ class RunStep(Base):
 
     run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    phase: Mapped[str] = mapped_column(String(16), primary_key=True)  # deploy | rollback
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)  # runs.states.Phase
     kind: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))  # pending|running|done|failed|skipped
+    status: Mapped[str] = mapped_column(String(16))  # runs.states.StepStatus
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -169,3 +171,19 @@ class EnvLock(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TradingHalt(Base):
+    """Trading in an environment is halted by a person (/stop-trading) until /resume-trading lifts it.
+
+    While a halt stands no workflow resumes trading on its own (a deploy's resume step leaves it halted)."""
+
+    __tablename__ = "trading_halts"
+
+    environment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    halted_by: Mapped[str] = mapped_column(String(64))
+    halted_by_name: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(16))  # graceful | emergency
+    halted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from bot import blocks
-from bot.core.deploy.plan import describe_duration
-from bot.core.deploy.states import RunState
 from bot.core.model import Reply
+from bot.core.runs.states import Phase, RunState
+from bot.core.workflows.deploy.plan import describe_duration, subject_of
 from bot.ids import ActionId, encode_value
-from bot.persistence.models import Approval, DeployRun, RunStep
+from bot.persistence.models import Approval, Run, RunStep
 from bot.timeutil import aware, utcnow
 
 ICONS = {"pending": "⬜", "running": "🔄", "done": "✅", "failed": "❌", "skipped": "⏭️", "waiting": "⏳"}
@@ -54,15 +54,16 @@ def _who(user_id: str | None, name: str | None) -> str:
     return name or (f"<@{user_id}>" if user_id else "?")
 
 
-def render_run(run: DeployRun, steps: list[RunStep], approvals: list[Approval]) -> Reply:
+def render_run(run: Run, steps: list[RunStep], approvals: list[Approval]) -> Reply:
     state = RunState(run.state)
     plan: dict[str, Any] = run.plan
-    title = f"Deploy {run.version} → {run.environment} ({run.strategy})"
+    subj = subject_of(run)
+    title = f"Deploy {subj.version} → {run.environment} ({subj.strategy})"
     facts = [
         ("Requested by", _who(run.requested_by, run.requested_name)),
         ("State", STATE_TEXT[state]),
-        ("Image", f"`{run.image}`"),
-        ("Rollback target", f"`{run.previous_image or 'unknown'}`"),
+        ("Image", f"`{subj.image}`"),
+        ("Rollback target", f"`{subj.previous_image or 'unknown'}`"),
         ("Approvals", f"{len(approvals)}/{run.approvals_required}"
          + (": " + ", ".join(_who(a.user_id, a.user_name) for a in approvals) if approvals else "")),
         ("ETA", describe_duration(plan.get("eta_seconds", 0))),
@@ -70,12 +71,12 @@ def render_run(run: DeployRun, steps: list[RunStep], approvals: list[Approval]) 
     body: list[blocks.Block] = [blocks.header(title), blocks.fields(facts)]
     if run.reason:
         body.append(blocks.context(f"Reason: {run.reason}"))
-    deploy_steps = [s for s in steps if s.phase == "deploy"]
-    rollback_steps = [s for s in steps if s.phase == "rollback"]
+    deploy_steps = [s for s in steps if s.phase == Phase.main.value]
+    rollback_steps = [s for s in steps if s.phase == Phase.rollback.value]
     body.append(blocks.section("*Steps*\n" + "\n".join(step_line(s) for s in deploy_steps)))
     if rollback_steps:
         body.append(blocks.section("*Rollback*\n" + "\n".join(step_line(s) for s in rollback_steps)))
-    if run.strategy == "canary" and plan.get("canary"):
+    if subj.strategy == "canary" and plan.get("canary"):
         c = plan["canary"]
         checks = ", ".join(f"{k['name']} {k['op']} {k['threshold']:g}{k.get('unit', '')} fails"
                            for k in plan.get("checks", []))
@@ -95,7 +96,7 @@ def render_run(run: DeployRun, steps: list[RunStep], approvals: list[Approval]) 
     return Reply(text, blocks.message(*body), ephemeral=False)
 
 
-def _summary(run: DeployRun, approvals: list[Approval]) -> str:
+def _summary(run: Run, approvals: list[Approval]) -> str:
     start, end = aware(run.started_at), aware(run.finished_at)
     took = describe_duration((end - start).total_seconds()) if start and end else "—"
     approved = ("approved by " + ", ".join(_who(a.user_id, a.user_name) for a in approvals) if approvals
@@ -107,7 +108,8 @@ def _summary(run: DeployRun, approvals: list[Approval]) -> str:
     return text
 
 
-def _buttons(run: DeployRun, state: RunState, steps: list[RunStep]) -> list[dict[str, Any]]:
+def _buttons(run: Run, state: RunState, steps: list[RunStep]) -> list[dict[str, Any]]:
+    subj = subject_of(run)
     value = {"run": run.id, "env": run.environment}
     out: list[dict[str, Any]] = []
     if state == RunState.pending_approval:
@@ -120,8 +122,8 @@ def _buttons(run: DeployRun, state: RunState, steps: list[RunStep]) -> list[dict
     if state in (RunState.pending_approval, RunState.queued, RunState.running) and not run.abort_requested_by:
         confirm = None
         if state == RunState.running:
-            confirm = ("Abort and roll back?", f"This stops {run.version} in {run.environment} and rolls back "
-                       f"to {run.previous_image}.")
+            confirm = ("Abort and roll back?", f"This stops {subj.version} in {run.environment} and rolls back "
+                       f"to {subj.previous_image}.")
         out.append(blocks.button("Abort", ActionId.deploy_abort, encode_value(value), style="danger",
                                  confirm=confirm))
     return out

@@ -9,7 +9,6 @@ several replicas and Slack retries can neither double-count nor start a run twic
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,77 +17,76 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.config import CheckSettings, Config, Environment, Role
-from bot.core.deploy import locks
-from bot.core.deploy.messages import render_run
-from bot.core.deploy.plan import build_plan, describe_duration, plan_hash
-from bot.core.deploy.states import ACTIVE, RunState, check_transition
+from bot.core import locks
 from bot.core.model import Actor, Reply
 from bot.core.ports import EnvBackends, WorkloadRef
 from bot.core.rbac import Authorizer
+from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
+from bot.core.runs.store import RunStore, run_key
+from bot.core.workflows.deploy.messages import render_run
+from bot.core.workflows.deploy.plan import (
+    DeploySubject,
+    build_plan,
+    describe_duration,
+    plan_hash,
+    plan_steps,
+    subject_of,
+)
 from bot.errors import CommandError, Conflict, NotFound, PermissionDenied
-from bot.outbox import Outbox
-from bot.persistence.audit import AuditEntry, append
-from bot.persistence.models import Approval, DeployRun, RunStep
+from bot.persistence.models import Approval, Run, RunStep
 from bot.timeutil import aware, utcnow
 
+KIND = "deploy"
 
-def run_key(run_id: str) -> str:
-    return f"run:{run_id}"
+
+subject = subject_of
 
 
 class DeployService:
-    def __init__(self, config: Config, authorizer: Authorizer, outbox: Outbox,
-                 backends: Callable[[str], EnvBackends], default_checks: Callable[[], list[CheckSettings]]) -> None:
+    def __init__(self, config: Config, authorizer: Authorizer, store: RunStore,
+                 default_checks: Callable[[], list[CheckSettings]]) -> None:
         self.config = config
         self.authorizer = authorizer
-        self.outbox = outbox
-        self.backends = backends
+        self.store = store
+        self.outbox = store.outbox
         self.default_checks = default_checks
-        self.wakeup = threading.Event()  # set after a run becomes runnable or an abort is requested
+        self.wakeup = store.wakeup
 
     # --- helpers ------------------------------------------------------------------------------------
+    @property
+    def backends(self) -> Callable[[str], EnvBackends]:
+        return self.store.backends
+
     def env(self, name: str) -> Environment:
         return self.config.environments[name]
 
     def ref(self, env: Environment) -> WorkloadRef:
         return WorkloadRef(env.namespace, env.deployment, env.container)
 
-    def load(self, session: Session, run_id: str, *, for_update: bool = True) -> DeployRun:
-        stmt = select(DeployRun).where(DeployRun.id == run_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        run = session.execute(stmt).scalar_one_or_none()
-        if run is None:
+    def load(self, session: Session, run_id: str, *, for_update: bool = True) -> Run:
+        run = self.store.load(session, run_id, for_update=for_update)
+        if run.kind != KIND:
             raise NotFound(f"no deploy run {run_id!r}")
         return run
 
     def steps(self, session: Session, run_id: str) -> list[RunStep]:
-        return list(session.execute(select(RunStep).where(RunStep.run_id == run_id)
-                                    .order_by(RunStep.phase.desc(), RunStep.idx)).scalars())
+        return self.store.steps(session, run_id)
 
     def approvals(self, session: Session, run_id: str) -> list[Approval]:
-        return list(session.execute(select(Approval).where(Approval.run_id == run_id)
-                                    .order_by(Approval.created_at)).scalars())
+        return self.store.approvals(session, run_id)
 
-    def refresh_message(self, session: Session, run: DeployRun) -> None:
-        session.flush()
-        self.outbox.update(session, run_key(run.id), render_run(run, self.steps(session, run.id),
-                                                                self.approvals(session, run.id)))
+    def refresh_message(self, session: Session, run: Run) -> None:
+        self.store.refresh_message(session, run)
 
-    def thread(self, session: Session, run: DeployRun, text: str) -> None:
-        self.outbox.post(session, run.channel, Reply(text, ephemeral=False), thread_key=run_key(run.id))
+    def thread(self, session: Session, run: Run, text: str) -> None:
+        self.store.thread(session, run, text)
 
-    def audit(self, session: Session, run: DeployRun, actor: Actor | None, action: str, outcome: str,
+    def audit(self, session: Session, run: Run, actor: Actor | None, action: str, outcome: str,
               **args: Any) -> None:
-        append(session, AuditEntry(actor_id=actor.user_id if actor else "bot",
-                                   actor_name=actor.name if actor else "swarm-chatops", channel=run.channel,
-                                   environment=run.environment, action=action, outcome=outcome,
-                                   correlation_id=run.correlation_id, args={"run": run.id, **args}))
+        self.store.audit(session, run, actor, action, outcome, **args)
 
-    def transition(self, session: Session, run: DeployRun, to: RunState) -> None:
-        check_transition(run.state, to)
-        run.state = to.value
-        run.version_no += 1
+    def transition(self, session: Session, run: Run, to: RunState) -> None:
+        self.store.transition(session, run, to)
 
     # --- /deploy ------------------------------------------------------------------------------------
     def request(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
@@ -116,21 +114,25 @@ class DeployService:
             holder = locks.current(session, env_name)
             if holder is not None and holder.kind == "freeze" and force:
                 broke = locks.force_release(session, env_name)
+                plan["lifted_freeze"] = {"held_by": broke.held_by if broke else None,
+                                         "held_by_name": broke.held_by_name if broke else None,
+                                         "reason": broke.reason if broke else None,
+                                         "expires_at": broke.expires_at.isoformat() if broke else None}
             ttl = timedelta(minutes=env.approval_ttl_minutes if state == RunState.pending_approval
                             else env.lock_ttl_minutes)
             locks.acquire(session, env_name, kind="run", run_id=run_id, held_by=actor.user_id,
                           held_by_name=actor.name, reason=f"deploy {version}", ttl=ttl)
-        run = DeployRun(id=run_id, environment=env_name, version=version, image=image, previous_image=current_image,
-                        strategy=strategy, dry_run=dry_run, reason=reason, requested_by=actor.user_id,
-                        requested_name=actor.name, channel=env.channels.deploy, plan=plan, plan_hash=plan_hash(plan),
-                        approvals_required=env.approvals_required, state=state.value, version_no=1,
-                        created_at=now, correlation_id=correlation_id,
-                        expires_at=now + timedelta(minutes=env.approval_ttl_minutes)
-                        if state == RunState.pending_approval else None)
+        subj = DeploySubject(version, image, current_image, strategy)
+        run = Run(id=run_id, kind=KIND, environment=env_name, subject=subj.to_json(), dry_run=dry_run, reason=reason,
+                  requested_by=actor.user_id, requested_name=actor.name, channel=env.channels.deploy, plan=plan,
+                  plan_hash=plan_hash(plan), approvals_required=env.approvals_required, state=state.value,
+                  version_no=1, created_at=now, correlation_id=correlation_id,
+                  expires_at=now + timedelta(minutes=env.approval_ttl_minutes)
+                  if state == RunState.pending_approval else None)
         session.add(run)
-        for step in plan["steps"]:
-            session.add(RunStep(run_id=run_id, idx=step["idx"], phase="deploy", kind=step["kind"], name=step["name"],
-                                status="pending", attempts=0, data={}))
+        for step in plan_steps(plan):
+            session.add(RunStep(run_id=run_id, idx=step.idx, phase=Phase.main.value, kind=step.kind, name=step.name,
+                                status=StepStatus.pending.value, attempts=0, data={}))
         session.flush()
         self.audit(session, run, actor, "deploy.plan", state.value, version=version, strategy=strategy,
                    plan_hash=run.plan_hash, previous_image=current_image, dry_run=dry_run, reason=reason)
@@ -141,7 +143,7 @@ class DeployService:
                 f":rotating_light: *BREAK-GLASS*: {actor.label} forced a deploy of {version} to {env_name} through "
                 f"the freeze ({broke.describe()}).", ephemeral=False))
         if state == RunState.queued:
-            self._wake_after_commit(session)
+            self.store.wake_after_commit(session)
         where = "" if channel_id == run.channel else f" in <#{run.channel}>"
         if dry_run:
             return Reply(f"Dry run: the plan for {version} → {env_name} is posted{where} (run `{run_id}`). "
@@ -160,11 +162,6 @@ class DeployService:
             raise CommandError(f"version {version} is not allowed in {env_name}",
                                hint=f"{env_name} accepts tags matching `{env.allowed_tags}`.")
         return self.backends(env_name).cluster.current_image(self.ref(env))
-
-    def _wake_after_commit(self, session: Session) -> None:
-        from sqlalchemy import event
-
-        event.listen(session, "after_commit", lambda _s: self.wakeup.set(), once=True)
 
     # --- buttons --------------------------------------------------------------------------------------
     def approve(self, session: Session, *, actor: Actor, run_id: str, env_name: str, hash_prefix: str) -> Reply:
@@ -196,7 +193,7 @@ class DeployService:
             ttl = timedelta(minutes=self.env(run.environment).lock_ttl_minutes)
             locks.extend(session, run.environment, run.id, ttl)
             self.audit(session, run, None, "deploy.approved", "queued", approvals=count)
-            self._wake_after_commit(session)
+            self.store.wake_after_commit(session)
         self.refresh_message(session, run)
         left = run.approvals_required - count
         return Reply(f"Approved run {run.id}." + (f" {left} more approval(s) needed." if left > 0 else
@@ -230,18 +227,18 @@ class DeployService:
             self.audit(session, run, actor, "deploy.abort", "rollback_requested", state_before=state.value)
             self.thread(session, run, f":octagonal_sign: {actor.label} aborted the run: rolling back.")
             self.refresh_message(session, run)
-            self._wake_after_commit(session)
-            return Reply(f"Aborting run {run.id}: rolling back to {run.previous_image}.")
+            self.store.wake_after_commit(session)
+            return Reply(f"Aborting run {run.id}: rolling back to {subject(run).previous_image}.")
         raise Conflict(f"run {run.id} is {run.state}; there is nothing to abort")
 
     def tick(self, session: Session, *, actor: Actor, run_id: str, env_name: str, step_idx: int) -> Reply:
         run = self.load(session, run_id)
         if run.environment != env_name:
             raise CommandError("this button does not belong to that run")
-        step = session.get(RunStep, (run.id, step_idx, "deploy"))
+        step = session.get(RunStep, (run.id, step_idx, Phase.main.value))
         if step is None or step.kind != "checklist":
             raise NotFound("no such checklist item")
-        spec = run.plan["steps"][step_idx]
+        spec = plan_steps(run.plan)[step_idx]
         self.authorizer.require(actor, Role(spec.get("role", "deployer")), run.environment,
                                 f"tick “{step.name}”")
         if step.status != "running":
@@ -250,7 +247,7 @@ class DeployService:
             return Reply(f"“{step.name}” was already ticked.")
         step.data = {**step.data, "ticked_by": actor.user_id, "ticked_name": actor.name}
         self.audit(session, run, actor, "deploy.checklist_tick", "ok", step=step.name)
-        self._wake_after_commit(session)
+        self.store.wake_after_commit(session)
         return Reply(f"Ticked “{step.name}”.")
 
     # --- /lock /unlock -------------------------------------------------------------------------------
@@ -258,8 +255,8 @@ class DeployService:
         return locks.acquire(session, env_name, kind="freeze", run_id=None, held_by=actor.user_id,
                              held_by_name=actor.name, reason=reason, ttl=timedelta(hours=hours))
 
-    def active_runs(self, session: Session, env_name: str | None = None) -> list[DeployRun]:
-        stmt = select(DeployRun).where(DeployRun.state.in_([s.value for s in ACTIVE]))
+    def active_runs(self, session: Session, env_name: str | None = None) -> list[Run]:
+        stmt = select(Run).where(Run.state.in_([s.value for s in ACTIVE]))
         if env_name:
-            stmt = stmt.where(DeployRun.environment == env_name)
-        return list(session.execute(stmt.order_by(DeployRun.created_at)).scalars())
+            stmt = stmt.where(Run.environment == env_name)
+        return list(session.execute(stmt.order_by(Run.created_at)).scalars())

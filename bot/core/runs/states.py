@@ -1,4 +1,8 @@
-"""Run states and the only transitions allowed between them (an illegal move raises InvalidTransition)."""
+"""Run and step states, and the only transitions allowed between run states.
+
+Every workflow's runs share these states; an illegal move raises `InvalidTransition`. Step status and
+phase are enums too, so no module compares raw strings for them (the database stores their values).
+"""
 
 from __future__ import annotations
 
@@ -25,23 +29,43 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.pending_approval: frozenset({RunState.queued, RunState.aborted, RunState.expired}),
     RunState.queued: frozenset({RunState.running, RunState.aborted}),
     RunState.running: frozenset({RunState.succeeded, RunState.rolling_back, RunState.failed}),
+    # failed -> rolling_back: a person continues a rollback that could not finish (`/rollback`)
     RunState.rolling_back: frozenset({RunState.rolled_back, RunState.failed}),
     RunState.succeeded: frozenset(),
     RunState.rolled_back: frozenset(),
-    RunState.failed: frozenset(),
+    RunState.failed: frozenset({RunState.rolling_back}),
     RunState.aborted: frozenset(),
     RunState.expired: frozenset(),
 }
 
 ACTIVE = frozenset({RunState.pending_approval, RunState.queued, RunState.running, RunState.rolling_back})
 EXECUTING = frozenset({RunState.queued, RunState.running, RunState.rolling_back})
+FINISHED = frozenset({RunState.succeeded, RunState.rolled_back, RunState.failed, RunState.aborted,
+                      RunState.expired})
 TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+
+class StepStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    skipped = "skipped"
+
+
+OPEN_STEP = frozenset({StepStatus.pending, StepStatus.running})
+TOUCHED_STEP = frozenset({StepStatus.running, StepStatus.done, StepStatus.failed})
+
+
+class Phase(StrEnum):
+    main = "main"  # the workflow's own steps
+    rollback = "rollback"  # the compensation plan, built from what the main steps did
 
 
 def check_transition(current: str, requested: RunState) -> None:
     try:
         state = RunState(current)
     except ValueError:
-        raise InvalidTransition("deploy run", current, requested.value) from None
+        raise InvalidTransition("run", current, requested.value) from None
     if requested not in TRANSITIONS[state]:
-        raise InvalidTransition("deploy run", state.value, requested.value)
+        raise InvalidTransition("run", state.value, requested.value)

@@ -8,10 +8,14 @@ import math
 import re
 from typing import Any
 
+from bot.core import halts
 from bot.core.analysis import AnalysisTracker, Check, analyse
-from bot.core.deploy.engine import Skipped, StepContext, StepFailed
 from bot.core.ports import WorkloadRef
-from bot.persistence.models import DeployRun, RunStep
+from bot.core.runs.context import Skipped, StepContext, StepFailed
+from bot.core.runs.spec import StepSpec
+from bot.core.runs.states import TOUCHED_STEP, Phase, StepStatus
+from bot.core.workflows.deploy.plan import plan_steps
+from bot.persistence.models import Run, RunStep
 
 POLL = 0.5
 #: labels on the canary's pods; the default analysis queries select `version="canary"`
@@ -21,6 +25,16 @@ CANARY_LABELS = {"version": "canary", "track": "canary"}
 def _ref(ctx: StepContext) -> WorkloadRef:
     t = ctx.plan["target"]
     return WorkloadRef(t["namespace"], t["deployment"], t["container"])
+
+
+def _image_key(ctx: StepContext) -> tuple[str, str]:
+    t = ctx.plan["target"]
+    return f"image:{t['namespace']}/{t['deployment']}", f"{t['deployment']} image"
+
+
+def _record_image(ctx: StepContext, before: str, after: str) -> None:
+    key, label = _image_key(ctx)
+    ctx.effect(key, label, before, after)
 
 
 def _variables(ctx: StepContext) -> dict[str, str]:
@@ -72,31 +86,46 @@ def precheck(ctx: StepContext) -> str | None:
     if live != ctx.plan["previous_image"] and live != ctx.plan["image"]:
         raise StepFailed(f"the live image changed since the plan was made (now {live}); request the deploy again")
     notes = [f"cluster reachable, live image {live}"]
-    if any(s["kind"].startswith("trading") for s in ctx.plan["steps"]):
+    if any(s.kind.startswith("trading") for s in plan_steps(ctx.plan)):
         status = ctx.backends.trading.status()
         notes.append(f"trading API reachable ({status.active_bots}/{status.total_bots} bots active)")
     return "; ".join(notes)
 
 
+TRADING, MAINTENANCE = "trading", "maintenance"
+
+
 def trading_stop(ctx: StepContext) -> str | None:
     ctx.backends.trading.stop(f"deploy {ctx.plan['version']} (run {ctx.run_id})")
-    ctx.audit("trading.stop", "ok")
+    if not ctx.data.get("stopped"):
+        ctx.audit("trading.stop", "ok")
+        ctx.effect(TRADING, "trading", "on", "stopped")
+        ctx.save(stopped=True)
     return "trading stopped"
 
 
+def _maintenance(ctx: StepContext, on: bool) -> str:
+    ctx.backends.trading.maintenance(on)
+    if ctx.data.get("set") != on:
+        ctx.audit("trading.maintenance", "on" if on else "off")
+        ctx.effect(MAINTENANCE, "maintenance mode", not on, on)
+        ctx.save(set=on)
+    return f"maintenance mode {'on' if on else 'off'}"
+
+
 def maintenance_on(ctx: StepContext) -> str | None:
-    ctx.backends.trading.maintenance(True)
-    ctx.audit("trading.maintenance", "on")
-    return "maintenance mode on"
+    return _maintenance(ctx, True)
 
 
 def maintenance_off(ctx: StepContext) -> str | None:
-    ctx.backends.trading.maintenance(False)
-    ctx.audit("trading.maintenance", "off")
-    return "maintenance mode off"
+    return _maintenance(ctx, False)
 
 
 def trading_resume(ctx: StepContext) -> str | None:
+    with ctx.executor.db.read() as session:
+        halt = halts.current(session, ctx.environment)
+    if halt is not None:
+        raise Skipped(f"trading stays halted: {halt.describe()}; `/resume-trading` lifts the halt")
     fractions = ctx.spec.get("fractions") or [1.0]
     for i in range(ctx.data.get("next", 0), len(fractions)):
         if i > 0:
@@ -104,6 +133,10 @@ def trading_resume(ctx: StepContext) -> str | None:
         ctx.backends.trading.start(float(fractions[i]))
         ctx.audit("trading.start", "ok", fraction=fractions[i])
         ctx.save(next=i + 1, fraction=fractions[i])
+        if float(fractions[i]) >= 1.0:
+            ctx.effect(TRADING, "trading", "stopped", "on")
+        elif i == 0:
+            ctx.effect(TRADING, "trading", "stopped", f"partly on ({float(fractions[i]):.0%})")
     return f"trading resumed ({' → '.join(f'{f:.0%}' for f in fractions)})"
 
 
@@ -121,8 +154,8 @@ def _substitute(value: Any, variables: dict[str, str]) -> Any:
 
 def job(ctx: StepContext) -> str | None:
     t = ctx.plan["target"]
-    name = re.sub(r"[^a-z0-9-]", "-", f"{ctx.run_id}-{ctx.spec['job']}".lower())[:63].strip("-")
-    manifest = _substitute(copy.deepcopy(ctx.spec["template"]), {"version": ctx.plan["version"],
+    name = re.sub(r"[^a-z0-9-]", "-", f"{ctx.run_id}-{ctx.spec.get('job')}".lower())[:63].strip("-")
+    manifest = _substitute(copy.deepcopy(ctx.spec.get("template")), {"version": ctx.plan["version"],
                                                                  "image": ctx.plan["image"], "run": ctx.run_id})
     manifest.setdefault("apiVersion", "batch/v1")
     manifest.setdefault("kind", "Job")
@@ -192,6 +225,7 @@ def rollout(ctx: StepContext) -> str | None:
     ctx.backends.cluster.set_image(ref, ctx.plan["image"])
     if not ctx.data.get("patched"):
         ctx.audit("kubernetes.set_image", "ok", image=ctx.plan["image"])
+        _record_image(ctx, ctx.plan["previous_image"], ctx.plan["image"])
         ctx.save(patched=True)
     wait_rollout(ctx, ref, ctx.plan["target"]["deployment"])
     return f"{ctx.plan['image']} rolled out"
@@ -230,6 +264,12 @@ def canary(ctx: StepContext) -> str | None:
             wait_rollout(ctx, canary_ref, name)
         if ctx.data.get("applied") != weight:  # a resumed step re-applies (idempotently) but records once
             ctx.audit("kubernetes.canary_weight", "ok", weight=weight, router=c["router"])
+            previous = ctx.data.get("applied") or 0
+            ctx.effect(f"canary:{t['namespace']}/{name}", f"canary {name}", f"{previous}% traffic" if previous
+                       else None, f"{weight}% traffic")
+            if c["router"] != "istio":
+                ctx.effect(f"replicas:{t['namespace']}/{t['deployment']}", f"{t['deployment']} replicas", total,
+                           max(0, total - max(1, math.ceil(total * weight / 100))))
             ctx.save(applied=weight)
         tracker = (AnalysisTracker.from_dict(ctx.data["tracker"]) if ctx.data.get("tracker") else
                    AnalysisTracker(failure_limit=c["failure_limit"], inconclusive_limit=c["inconclusive_limit"],
@@ -252,8 +292,13 @@ def canary(ctx: StepContext) -> str | None:
         cluster.set_virtual_service_weights(t["namespace"], c.get("virtual_service") or t["deployment"],
                                             c.get("host") or t["deployment"], c["stable_subset"], c["canary_subset"], 0)
     cluster.delete_deployment(t["namespace"], name)
-    ctx.audit("kubernetes.canary_promote", "ok", image=ctx.plan["image"])
-    ctx.save(promoted=True, analysis="promoted")
+    if not ctx.data.get("promoted"):
+        ctx.audit("kubernetes.canary_promote", "ok", image=ctx.plan["image"])
+        _record_image(ctx, ctx.plan["previous_image"], ctx.plan["image"])
+        ctx.effect(f"canary:{t['namespace']}/{name}", f"canary {name}", f"{ctx.data.get('applied')}% traffic", None)
+        if c["router"] != "istio":
+            ctx.effect(f"replicas:{t['namespace']}/{t['deployment']}", f"{t['deployment']} replicas", None, total)
+        ctx.save(promoted=True, analysis="promoted")
     return f"canary passed {len(weights)} step(s); promoted {ctx.plan['image']}"
 
 
@@ -282,13 +327,15 @@ def blue_green(ctx: StepContext) -> str | None:
             ctx.audit("kubernetes.blue_green.deploy", "ok", colour="green", image=ctx.plan["image"])
             ctx.save(deployed=True, analysis="green starting, no traffic yet")
         wait_rollout(ctx, WorkloadRef(ns, name, t["container"]), name)
-        health_step = next((s for s in ctx.plan["steps"] if s["kind"] == "health"), {})
-        for probe in health_step.get("probes") or []:
+        health_step = next((s for s in plan_steps(ctx.plan) if s.kind == "health"), None)
+        for probe in (health_step.get("probes") if health_step else None) or []:
             probed = ctx.backends.probe.check(probe["url"].replace("{colour}", "green"), probe.get("expect") or {})
             if not probed.ok:
                 raise StepFailed(f"green unhealthy before the switch: {probe['name']}: {probed.detail}")
         cluster.set_service_selector(ns, service, copy_labels)
         ctx.audit("kubernetes.service_switch", "ok", service=service, selector=copy_labels)
+        ctx.effect(f"selector:{ns}/{service}", f"Service {service} selector", ctx.data["original_selector"],
+                   copy_labels)
         ctx.save(switched=True, analysis="traffic on green; blue kept for instant switch back")
     watched = float(ctx.data.get("watched", 0.0))
     window = float(bg.get("monitor_seconds", 300))
@@ -310,6 +357,9 @@ def blue_green(ctx: StepContext) -> str | None:
     cluster.delete_deployment(ns, name)
     if not ctx.data.get("promoted"):
         ctx.audit("kubernetes.blue_green.promote", "ok", image=ctx.plan["image"])
+        ctx.effect(f"selector:{ns}/{service}", f"Service {service} selector", copy_labels,
+                   ctx.data["original_selector"])
+        _record_image(ctx, ctx.plan["previous_image"], ctx.plan["image"])
         ctx.save(promoted=True, analysis="promoted")
     return f"served from green for {window:.0f}s, then {t['deployment']} updated in place and green removed"
 
@@ -321,36 +371,52 @@ HANDLERS = {"checklist": checklist, "precheck": precheck, "trading_stop": tradin
 
 # --- rollback --------------------------------------------------------------------------------------------
 def restore(ctx: StepContext) -> str | None:
-    """Put the workload back as it was before the run (runbook 8.2 step 2, 8.5 switch back, 8.6 0 %)."""
+    """Put the workload back as it was before the run (runbook 8.2 step 2, 8.5 switch back, 8.6 0 %).
+    Idempotent: every call compares with the cluster, so a retried or resumed restore continues."""
     plan = ctx.plan
     cluster = ctx.backends.cluster
     ref = _ref(ctx)
     t = plan["target"]
+    ns = t["namespace"]
     rollout_data: dict[str, Any] = ctx.spec.get("rollout_data") or {}
     done = []
     if plan["strategy"] == "blue-green" and rollout_data.get("original_selector"):
         service = plan["blue_green"].get("service") or t["deployment"]
-        if rollout_data.get("switched"):
-            cluster.set_service_selector(t["namespace"], service, rollout_data["original_selector"])
-            ctx.audit("kubernetes.service_switch", "rollback", selector=rollout_data["original_selector"])
+        original = rollout_data["original_selector"]
+        if cluster.service_selector(ns, service) != original:
+            before = cluster.service_selector(ns, service)
+            cluster.set_service_selector(ns, service, original)
+            ctx.audit("kubernetes.service_switch", "rollback", selector=original)
+            ctx.effect(f"selector:{ns}/{service}", f"Service {service} selector", before, original)
             done.append("traffic back on blue")
-        cluster.delete_deployment(t["namespace"], f"{t['deployment']}-green")
-        ctx.audit("kubernetes.blue_green.delete", "rollback", colour="green")
+        cluster.delete_deployment(ns, f"{t['deployment']}-green")
+        if not ctx.data.get("green_removed"):
+            ctx.audit("kubernetes.blue_green.delete", "rollback", colour="green")
+            ctx.save(green_removed=True)
         done.append("green removed")
     if plan["strategy"] == "canary":
         c = plan["canary"]
+        name = _canary_name(ctx)
         if c["router"] == "istio":
-            cluster.set_virtual_service_weights(t["namespace"], c.get("virtual_service") or t["deployment"],
+            cluster.set_virtual_service_weights(ns, c.get("virtual_service") or t["deployment"],
                                                 c.get("host") or t["deployment"], c["stable_subset"],
                                                 c["canary_subset"], 0)
-        if rollout_data.get("stable_replicas"):
-            cluster.scale(t["namespace"], t["deployment"], int(rollout_data["stable_replicas"]))
-        cluster.delete_deployment(t["namespace"], _canary_name(ctx))
-        ctx.audit("kubernetes.canary_reset", "rollback", router=c["router"])
+        stable = rollout_data.get("stable_replicas")
+        if stable and cluster.replicas(ns, t["deployment"]) != int(stable):
+            cluster.scale(ns, t["deployment"], int(stable))
+            ctx.effect(f"replicas:{ns}/{t['deployment']}", f"{t['deployment']} replicas", None, int(stable))
+        cluster.delete_deployment(ns, name)
+        if not ctx.data.get("canary_reset"):
+            ctx.audit("kubernetes.canary_reset", "rollback", router=c["router"])
+            if rollout_data.get("applied"):
+                ctx.effect(f"canary:{ns}/{name}", f"canary {name}", None, None)
+            ctx.save(canary_reset=True)
         done.append("canary removed, all traffic on stable")
-    if cluster.current_image(ref) != plan["previous_image"]:
+    live = cluster.current_image(ref)
+    if live != plan["previous_image"]:
         cluster.set_image(ref, plan["previous_image"])
         ctx.audit("kubernetes.set_image", "rollback", image=plan["previous_image"])
+        _record_image(ctx, live, plan["previous_image"])
         done.append(f"{t['deployment']} set back to {plan['previous_image']}")
     wait_rollout(ctx, ref, t["deployment"])
     return "; ".join(done) or "nothing had changed in the cluster"
@@ -360,26 +426,32 @@ ROLLBACK_HANDLERS = {"restore": restore, "rb_health": health, "rb_maintenance_of
                      "rb_trading_resume": trading_resume}
 
 
-def rollback_plan(run: DeployRun, steps: list[RunStep]) -> list[dict[str, Any]]:
-    deploy = {s.kind: s for s in steps if s.phase == "deploy"}
-    touched = {s.kind for s in steps if s.phase == "deploy" and s.status in ("done", "running", "failed")}
-    plan_steps = run.plan["steps"]
+def rollback_plan(run: Run, steps: list[RunStep]) -> list[StepSpec]:
+    """The compensation plan: undo, in reverse order of doing, what the recorded main steps did."""
+    main = [st for st in steps if st.phase == Phase.main.value]
+    by_kind = {st.kind: st for st in main}
+    touched = {st.kind for st in main if st.status in TOUCHED_STEP}
+    finished = {st.kind for st in main if st.status == StepStatus.done.value}
+    specs_in_plan = plan_steps(run.plan)
     timeout = float(run.plan.get("rollout_timeout", 600)) + 60
-    specs: list[dict[str, Any]] = []
-    rollout_step = deploy.get("rollout")
+    out: list[StepSpec] = []
+
+    def add(kind: str, name: str, timeout: float, **params: Any) -> None:
+        out.append(StepSpec(idx=len(out), kind=kind, name=name, timeout=timeout, params=params))
+
+    rollout_step = by_kind.get("rollout")
     if "rollout" in touched or "job" in touched:
-        specs.append({"kind": "restore", "name": f"Restore {run.previous_image}", "timeout": timeout,
-                      "rollout_data": dict(rollout_step.data or {}) if rollout_step else {}})
-        health_spec = next((s for s in plan_steps if s["kind"] == "health"), None)
-        specs.append({"kind": "rb_health", "name": "Verify health after rollback", "timeout": 180,
-                      "probes": health_spec.get("probes", []) if health_spec else []})
-    finished = {s.kind for s in steps if s.phase == "deploy" and s.status == "done"}
+        add("restore", f"Restore {run.plan.get('previous_image')}", timeout,
+            rollout_data=dict(rollout_step.data or {}) if rollout_step else {})
+        health = next((sp for sp in specs_in_plan if sp.kind == "health"), None)
+        add("rb_health", "Verify health after rollback", 180.0,
+            probes=list(health.get("probes") or []) if health else [])
     # only undo what this run did and has not undone itself: trading already fully resumed stays as it is
     if "maintenance_on" in finished and "maintenance_off" not in finished:
-        specs.append({"kind": "rb_maintenance_off", "name": "Maintenance mode off", "timeout": 60})
+        add("rb_maintenance_off", "Maintenance mode off", 60.0)
     if "trading_stop" in finished and "trading_resume" not in finished:
-        resume = next((s for s in plan_steps if s["kind"] == "trading_resume"), {})
-        specs.append({"kind": "rb_trading_resume", "name": "Resume trading gradually (runbook 8.2 step 5)",
-                      "fractions": resume.get("fractions", [0.25, 0.5, 1.0]),
-                      "pause_seconds": resume.get("pause_seconds", 60), "timeout": 3600})
-    return specs
+        resume = next((sp for sp in specs_in_plan if sp.kind == "trading_resume"), None)
+        add("rb_trading_resume", "Resume trading gradually (runbook 8.2 step 5)", 3600.0,
+            fractions=list(resume.get("fractions", [0.25, 0.5, 1.0]) if resume else [0.25, 0.5, 1.0]),
+            pause_seconds=resume.get("pause_seconds", 60) if resume else 60)
+    return out

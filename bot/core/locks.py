@@ -29,7 +29,7 @@ class LockInfo:
         who = self.held_by_name or f"<@{self.held_by}>"
         since = self.acquired_at.strftime("%Y-%m-%d %H:%M UTC")
         until = self.expires_at.strftime("%H:%M UTC")
-        what = f"deploy run `{self.run_id}`" if self.kind == "run" else "a freeze"
+        what = f"run `{self.run_id}`" if self.kind == "run" else "a freeze"
         text = f"`{self.environment}` is locked by {who} for {what} since {since} (expires {until})"
         return text + (f" — reason: {self.reason}" if self.reason else "")
 
@@ -88,3 +88,18 @@ def extend(session: Session, environment: str, run_id: str, ttl: timedelta) -> b
     result = session.execute(update(EnvLock).where(EnvLock.environment == environment, EnvLock.run_id == run_id)
                              .values(expires_at=utcnow() + ttl))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def hold(session: Session, environment: str, run_id: str, ttl: timedelta, *, reason: str) -> None:
+    """Keep the run's lock (long `ttl`, new reason) after the run ended: it left the environment in a state
+    a person must look at. Re-takes the lock if it had expired meanwhile and nobody else holds it."""
+    result = session.execute(update(EnvLock).where(EnvLock.environment == environment, EnvLock.run_id == run_id)
+                             .values(expires_at=utcnow() + ttl, reason=reason))
+    if result.rowcount:  # type: ignore[attr-defined]
+        return
+    holder = current(session, environment)
+    if holder is None:
+        session.execute(delete(EnvLock).where(EnvLock.environment == environment))
+        now = utcnow()
+        session.add(EnvLock(environment=environment, kind="run", run_id=run_id, held_by="bot",
+                            held_by_name="swarm-chatops", reason=reason, acquired_at=now, expires_at=now + ttl))

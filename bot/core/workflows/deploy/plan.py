@@ -9,9 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from bot.config import CheckSettings, Environment, StepSettings
+from bot.core.runs.context import describe_duration
+from bot.core.runs.spec import OnResume, StepSpec
+
+PLAN_VERSION = 1
 
 DEFAULT_TIMEOUTS = {"checklist": 1800.0, "precheck": 60.0, "trading_stop": 60.0, "maintenance_on": 60.0,
                     "maintenance_off": 60.0, "health": 120.0}
@@ -56,8 +61,7 @@ def build_plan(*, env_name: str, env: Environment, version: str, strategy: str, 
         if spec.strategies and strategy not in spec.strategies:
             continue
         kind = spec.kind
-        step: dict[str, Any] = {"idx": len(steps), "kind": kind, "name": spec.name or kind.replace("_", " "),
-                                "on_resume": spec.on_resume or "continue"}
+        step: dict[str, Any] = {}
         if kind == "checklist":
             step.update(text=spec.text, role=spec.role.value, blocking=spec.blocking)
             estimate = 60.0 if spec.blocking else 0.0
@@ -83,10 +87,12 @@ def build_plan(*, env_name: str, env: Environment, version: str, strategy: str, 
             step["timeout"] = spec.timeout_seconds or spec.seconds + 120
         else:
             estimate = 5.0
-        step.setdefault("timeout", spec.timeout_seconds or DEFAULT_TIMEOUTS.get(kind, 300.0))
-        step["estimate"] = estimate
-        steps.append(step)
+        timeout = step.pop("timeout", None) or spec.timeout_seconds or DEFAULT_TIMEOUTS.get(kind, 300.0)
+        steps.append(StepSpec(idx=len(steps), kind=kind, name=spec.name or kind.replace("_", " "),
+                              timeout=float(timeout), estimate=float(estimate),
+                              on_resume=OnResume(spec.on_resume or OnResume.proceed.value), params=step))
     plan: dict[str, Any] = {
+        "v": PLAN_VERSION,
         "environment": env_name,
         "version": version,
         "image": image,
@@ -96,9 +102,9 @@ def build_plan(*, env_name: str, env: Environment, version: str, strategy: str, 
         "approvals_required": env.approvals_required,
         "requested_by": requested_by,
         "reason": reason,
-        "steps": steps,
+        "steps": [st.to_json() for st in steps],
         "checks": [c.model_dump() for c in checks],
-        "eta_seconds": math.ceil(sum(s["estimate"] for s in steps)),
+        "eta_seconds": math.ceil(sum(st.estimate for st in steps)),
         "rollout_timeout": env.rollout_timeout_seconds,
     }
     if strategy == "canary":
@@ -113,12 +119,36 @@ def plan_hash(plan: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def describe_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 90:
-        return f"{seconds}s"
-    minutes, sec = divmod(seconds, 60)
-    if minutes < 90:
-        return f"{minutes}m{sec:02d}s" if sec else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+def plan_steps(plan: dict[str, Any]) -> list[StepSpec]:
+    """The plan's steps, typed (plans stored before version 1 hold unversioned step dicts)."""
+    return [StepSpec.from_json(raw, idx=i) for i, raw in enumerate(plan.get("steps") or [])]
+
+
+__all__ = ["build_plan", "default_procedure", "describe_duration", "plan_hash", "plan_steps"]
+
+
+@dataclass(frozen=True)
+class DeploySubject:
+    """What a deploy run is about (stored as `runs.subject`, versioned JSON)."""
+
+    VERSION = 1
+
+    version: str
+    image: str
+    previous_image: str | None
+    strategy: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": self.VERSION, "version": self.version, "image": self.image,
+                "previous_image": self.previous_image, "strategy": self.strategy}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeploySubject:
+        if data.get("v") != cls.VERSION:
+            raise ValueError(f"unsupported deploy subject version {data.get('v')!r}")
+        return cls(str(data["version"]), str(data["image"]), data.get("previous_image"), str(data["strategy"]))
+
+
+def subject_of(run: Any) -> DeploySubject:
+    """The typed subject of a deploy run (a `bot.persistence.models.Run`)."""
+    return DeploySubject.from_json(run.subject)

@@ -1,0 +1,1 @@
+"""The deploy workflow: plan, approvals, strategies (rolling / canary / blue-green) and their rollback."""

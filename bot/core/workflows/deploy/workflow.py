@@ -1,0 +1,135 @@
+"""The deploy workflow as the runs engine sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from bot.config import Config
+from bot.core import locks
+from bot.core.model import Reply
+from bot.core.ports import EnvBackends, WorkloadRef
+from bot.core.runs.effects import Change
+from bot.core.runs.spec import RetryPolicy, StepSpec
+from bot.core.runs.states import Phase, RunState
+from bot.core.runs.store import RunStore
+from bot.core.runs.workflow import MAIN_RETRY, ROLLBACK_RETRY, Handler
+from bot.core.workflows.deploy import steps as deploy_steps
+from bot.core.workflows.deploy.messages import render_run
+from bot.core.workflows.deploy.plan import plan_steps, subject_of
+from bot.errors import ChatOpsError
+from bot.persistence.models import Approval, Run, RunStep
+from bot.timeutil import utcnow
+
+KIND = "deploy"
+DEFAULT_ROLLBACK_DEADLINE = 1800.0
+
+
+class DeployWorkflow:
+    kind = KIND
+    audit_prefix = "deploy"
+
+    def __init__(self, config: Config, backends: Callable[[str], EnvBackends]) -> None:
+        self.config = config
+        self.backends = backends
+        self.store: RunStore | None = None  # set by the composition root (messages to the freezer)
+        self.handlers: Mapping[str, Handler] = {**deploy_steps.HANDLERS, **deploy_steps.ROLLBACK_HANDLERS}
+
+    def plan_of(self, run: Run) -> Any:
+        return run.plan
+
+    def main_spec(self, run: Run, idx: int) -> StepSpec:
+        return plan_steps(run.plan)[idx]
+
+    def compensation(self, run: Run, steps: Sequence[RunStep]) -> list[StepSpec]:
+        return deploy_steps.rollback_plan(run, list(steps))
+
+    def retry_policy(self, run: Run, spec: StepSpec, phase: Phase) -> RetryPolicy:
+        return ROLLBACK_RETRY if phase == Phase.rollback else MAIN_RETRY
+
+    def rollback_deadline(self, run: Run) -> float:
+        env = self.config.environments.get(run.environment)
+        return float(getattr(env, "rollback_deadline_seconds", DEFAULT_ROLLBACK_DEADLINE))
+
+    def title(self, run: Run) -> str:
+        return f"Deploy {subject_of(run).version} → {run.environment}"
+
+    def render(self, run: Run, steps: Sequence[RunStep], approvals: Sequence[Approval]) -> Reply:
+        return render_run(run, list(steps), list(approvals))
+
+    def success_outcome(self, run: Run, steps: Sequence[RunStep], left: Sequence[Change]) -> str:
+        extra = [c.describe() for c in left if not c.key.startswith(("image:", "replicas:"))]
+        return "deployed" + (f"; still changed: {'; '.join(extra)}" if extra else "")
+
+    def rolled_back_outcome(self, run: Run, steps: Sequence[RunStep], left: Sequence[Change]) -> str:
+        rollback = [s for s in steps if s.phase == Phase.rollback.value]
+        if not rollback:
+            text = "stopped before anything in the cluster changed"
+        else:
+            text = f"rolled back to {subject_of(run).previous_image}"
+        return text + (f"; still changed: {'; '.join(c.describe() for c in left)}" if left else "")
+
+    def inspect(self, run: Run) -> list[str]:
+        """What Kubernetes and the trading API show now, part by part (each may be unknown)."""
+        out: list[str] = []
+        try:
+            backends = (self.store.backends if self.store is not None else self.backends)(run.environment)
+        except Exception as exc:  # noqa: BLE001 - a report, never a crash
+            return [f"backends unknown: {exc}"]
+        t = run.plan["target"]
+        ref = WorkloadRef(t["namespace"], t["deployment"], t["container"])
+        cluster = backends.cluster
+        subj = subject_of(run)
+
+        def part(label: str, read: Callable[[], str]) -> None:
+            try:
+                out.append(f"{label}: {read()}")
+            except ChatOpsError as exc:
+                out.append(f"{label}: unknown ({exc.message})")
+            except Exception as exc:  # noqa: BLE001
+                out.append(f"{label}: unknown ({type(exc).__name__})")
+
+        part(f"{t['deployment']} image", lambda: cluster.current_image(ref))
+        part(f"{t['deployment']} replicas", lambda: str(cluster.replicas(t["namespace"], t["deployment"])))
+        if subj.strategy == "canary":
+            name = f"{t['deployment']}-canary"
+            part(f"{name} replicas", lambda: str(cluster.replicas(t["namespace"], name)))
+        if subj.strategy == "blue-green":
+            service = (run.plan.get("blue_green") or {}).get("service") or t["deployment"]
+            part(f"Service {service} selector", lambda: ",".join(
+                f"{k}={v}" for k, v in sorted(cluster.service_selector(t["namespace"], service).items())))
+            name = f"{t['deployment']}-green"
+            part(f"{name} replicas", lambda: str(cluster.replicas(t["namespace"], name)))
+
+        def trading() -> str:
+            st = backends.trading.status()
+            return (f"{'trading' if st.trading else 'halted'} ({st.active_bots}/{st.total_bots} bots), "
+                    f"maintenance {'on' if st.maintenance else 'off'}")
+        part("trading", trading)
+        return out
+
+    def finished(self, session: Session, run: Run, state: RunState, left: Sequence[Change]) -> None:
+        """A forced deploy lifted a freeze: put the freeze back (if it has not expired) and tell its holder."""
+        lifted = run.plan.get("lifted_freeze")
+        if not lifted or state in (RunState.dry_run,) or self.store is None:
+            return
+        until = datetime.fromisoformat(lifted["expires_at"]) if lifted.get("expires_at") else None
+        who = lifted.get("held_by") or "?"
+        if state == RunState.failed:
+            note = (f"<@{who}>: your freeze of {run.environment} was lifted by run `{run.id}` (forced), which failed; "
+                    "the environment stays locked by that run.")
+        elif until is None or until <= utcnow():
+            note = (f"<@{who}>: your freeze of {run.environment} was lifted by run `{run.id}` (forced) and has "
+                    "expired meanwhile; it was not restored.")
+        else:
+            locks.acquire(session, run.environment, kind="freeze", run_id=None, held_by=who,
+                          held_by_name=lifted.get("held_by_name"), reason=lifted.get("reason"),
+                          ttl=max(timedelta(seconds=1), until - utcnow()))
+            note = (f"<@{who}>: your freeze of {run.environment} was lifted for forced run `{run.id}` and is "
+                    f"restored now (until {until.strftime('%H:%M UTC')}).")
+        self.store.thread(session, run, f":lock: {note}")
+        self.store.audit(session, run, None, "lock.freeze_restored" if "restored now" in note else "lock.freeze_lifted",
+                         "ok", freezer=who)
