@@ -160,3 +160,16 @@ def test_refusal_without_any_audit_role_suggests_no_env(env_auditor: Deployer) -
     """Someone who audits nothing is not told to try --env (it would be refused too)."""
     reply = env_auditor.command("/audit", "", DAVE)
     assert "dave may not read the whole audit log" in reply and "--env" not in reply
+
+
+@pytest.mark.parametrize("before", ["100000000000000000000", "1e20", "0"])
+def test_page_button_with_an_impossible_marker_is_a_usage_error(deployer: Deployer, before: str) -> None:
+    """A crafted Older records value beyond any record (or a float) is refused as malformed and audited."""
+    name = f"bad{before}"
+    body = block_actions_body(ActionId.audit_page, f'{{"before":{before},"limit":10}}', ROOT, STAGING_DEPLOY,
+                              "1.1", deployer.fake.response_url(name))
+    assert deployer.bot.post(body).status_code == 200
+    reply = deployer.fake.wait_for_response(name, timeout=10)[-1].body["text"]
+    assert reply == ":warning: malformed button (page marker)"
+    deployer.bot.settle()
+    assert deployer.audit("action.audit.page")[-1]["outcome"] == "usage_error"

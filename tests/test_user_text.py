@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import re
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from bot.blocks import user_text
+from bot.core.redact import redact_text
+from bot.render import mrkdwn
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     ALICE,
     ROOT,
@@ -39,6 +44,13 @@ def test_user_text_redacts_then_escapes() -> None:
     """The one function: secrets become ***, then & < > become entities (in that order)."""
     assert user_text(EVIL) == ("&lt;!channel&gt; &lt;https://evil.example/login|Re-authenticate here&gt; "
                                "&amp; ***")
+
+
+@given(st.text(alphabet=st.sampled_from(list("<>&|!@#:/.;amplgt xyzUC0123")), max_size=40))
+def test_console_shows_escaped_text_as_it_was_typed(typed: str) -> None:
+    """The console turns escaped user text back into exactly what was typed (redacted), never into a
+    mention, channel or link, and never double-unescaped."""
+    assert mrkdwn(user_text(typed)) == redact_text(typed)
 
 
 def test_lock_reason_is_posted_to_the_channel_escaped_and_redacted(deployer: Deployer) -> None:
