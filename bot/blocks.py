@@ -1,16 +1,26 @@
 """Block Kit, built in this one module as plain dicts (no Slack SDK import: the core stays Slack-free).
 
-Limits kept here: at most 50 blocks per message, 3,000 characters per section text.
+Limits kept here: at most 50 blocks per message, 3,000 characters per section text. Text a person
+typed goes through `user_text()` before it is put into any message.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from bot.core.redact import redact_text
+
 MAX_BLOCKS = 50
 MAX_SECTION = 3000
 
 Block = dict[str, Any]
+
+
+def user_text(text: str) -> str:
+    """Text a person typed (a reason, a version, an argument quoted back), made safe to show in Slack:
+    secrets redacted as in the audit log, then `&`, `<`, `>` escaped, so it can never become a mention
+    (`<!channel>`), a disguised link (`<https://…|…>`) or any other markup in the bot's voice."""
+    return redact_text(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _clip(text: str, limit: int = MAX_SECTION) -> str:

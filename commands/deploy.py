@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from bot.config import Role
+from bot.blocks import user_text
+from bot.config import Config, Role
 from bot.core.model import Reply
 from bot.core.workflows.deploy.service import DeployService
 from bot.errors import UnknownEnvironment
@@ -14,8 +16,9 @@ from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from commands.grammar import (
     CommandSpec,
     Flag,
-    ParseContext,
     Positional,
+    bounded_int,
+    decimal_value,
     env_value,
     text_value,
     version_value,
@@ -44,7 +47,8 @@ SPEC = CommandSpec(
     positionals=(Positional("version", version_value, "the release tag, e.g. v2.3"),),
     flags=(
         Flag("env", "target environment (default: the config's default_environment)", env_value, metavar="ENV"),
-        Flag("canary", "shift traffic step by step (10/25/50/75/100 %) with analysis at each step"),
+        Flag("canary", "shift traffic step by step with analysis at each step (the steps of each environment "
+                       "are listed below)"),
         Flag("blue-green", "deploy to the idle colour, then switch the Service"),
         Flag("dry-run", "post the plan only; nothing is changed"),
         Flag("reason", "why (shown in the plan and the audit log)", text_value, metavar="TEXT"),
@@ -52,7 +56,14 @@ SPEC = CommandSpec(
     ),
     exclusive=(("canary", "blue-green"),),
     examples=("/deploy v2.3 --canary", "/deploy v2.3 --env production --canary --reason \"fix fills\""),
+    config_details=lambda config: _canary_steps(config),
 )
+
+
+def _canary_steps(config: Config) -> str:
+    """Each environment's configured canary steps, as /help deploy shows them."""
+    return "Canary steps: " + "; ".join(f"{name} {' → '.join(f'{w}%' for w in env.canary.steps)}"
+                                        for name, env in config.environments.items())
 
 
 def _env_of(ctx: Ctx, name: str | None) -> str:
@@ -93,14 +104,9 @@ def _run_deploy(cmd: Deploy, ctx: Ctx) -> Reply:
 
 
 # --- /lock and /unlock -------------------------------------------------------------------------------------
-def _hours(raw: str, _ctx: ParseContext) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a number of hours") from None
-    if not 0 < value <= 168:
-        raise ValueError("must be between 0 and 168 hours")
-    return value
+MIN_HOURS, MAX_HOURS = 0.1, 168.0
+_hours = decimal_value(MIN_HOURS, MAX_HOURS, "give a number of hours from 0.1 (6 minutes) to 168 (a week), "
+                                             "e.g. 4 or 0.5")
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,8 @@ class Unlock:
 LOCK_SPEC = CommandSpec(
     name="lock", summary="freeze deploys to an environment (visible in /status)", target=Lock,
     positionals=(Positional("env", env_value, "the environment to freeze"),),
-    flags=(Flag("reason", "why (required)", text_value, metavar="TEXT"),
-           Flag("hours", "how long, default 4", _hours, metavar="N")),
+    flags=(Flag("reason", "why (required; quote text with spaces)", text_value, metavar="TEXT", required=True),
+           Flag("hours", "how long: hours from 0.1 to 168, default 4", _hours, metavar="N")),
     examples=('/lock production --reason "quarter-end close"',),
 )
 UNLOCK_SPEC = CommandSpec(
@@ -133,10 +139,6 @@ UNLOCK_SPEC = CommandSpec(
 
 def _authorize_lock(cmd: Lock, ctx: Ctx) -> str | None:
     ctx.core.authorizer.require(ctx.actor, Role.deployer, cmd.env, f"freeze {cmd.env}")
-    if not cmd.reason:
-        from bot.errors import CommandError
-
-        raise CommandError("a freeze needs --reason TEXT", usage=LOCK_SPEC.usage)
     return cmd.env
 
 
@@ -166,16 +168,17 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
     is_admin = ctx.core.authorizer.has(ctx.actor.user_id, Role.admin, cmd.env)
     if holder.kind == "run" and not cmd.force:
         raise Conflict(f"{holder.describe()}; it is released when the run ends",
-                       hint="Abort the run from its message, or (admins) /unlock --force.")
+                       hint=f"Abort the run from its message, or (admins) `/unlock {cmd.env} --force`.")
     if holder.kind == "freeze" and holder.held_by != ctx.actor.user_id and not (cmd.force and is_admin):
-        raise PermissionDenied(f"{holder.describe()}; only {holder.held_by_name or 'its holder'} or an admin "
-                               "with --force may lift it", role="admin", environment=cmd.env)
+        who = user_text(holder.held_by_name) if holder.held_by_name else "its holder"
+        raise PermissionDenied(f"{holder.describe()}; only {who} or an admin with `/unlock {cmd.env} --force` "
+                               "may lift it", role="admin", environment=cmd.env)
     run = _svc(ctx).load(ctx.session, holder.run_id) if holder.kind == "run" and holder.run_id else None
     if run is not None and run.state in ("running", "rolling_back"):
         # the run's rollback must finish under the lock, or a new deploy could start beside it
         if run.state == "running" and not run.abort_requested_by:
             _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=run.id, env_name=run.environment)
-        ctx.audit("lock.break_glass", "abort_requested", environment=cmd.env, broke=holder.describe())
+        ctx.audit("lock.break_glass", "abort_requested", environment=cmd.env, broke=holder.describe(markup=False))
         ctx.core.outbox.post(ctx.session, channel, Reply(
             f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} forced run `{run.id}` on `{cmd.env}` to stop: it "
             "rolls back now and the lock is released when that ends.", ephemeral=False))
@@ -185,7 +188,7 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
         _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=run.id, env_name=run.environment)
     locks.force_release(ctx.session, cmd.env)
     if cmd.force:
-        ctx.audit("lock.break_glass", "forced", environment=cmd.env, broke=holder.describe())
+        ctx.audit("lock.break_glass", "forced", environment=cmd.env, broke=holder.describe(markup=False))
         ctx.core.outbox.post(ctx.session, channel, Reply(
             f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} force-released the lock on `{cmd.env}` "
             f"({holder.describe()}).", ephemeral=False))
@@ -196,9 +199,14 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
 
 
 # --- buttons -------------------------------------------------------------------------------------------------
+_RUN_ID = re.compile(r"r-[0-9a-f]{8}")
+MAX_STEPS = 1000  # far more steps than any procedure has; keeps a crafted index out of the query
+
+
 def _value_env(value: dict[str, Any], ctx: Ctx) -> str:
-    env = value.get("env")
-    if not isinstance(env, str) or env not in ctx.core.config.environments or not isinstance(value.get("run"), str):
+    env, run = value.get("env"), value.get("run")
+    if (not isinstance(env, str) or env not in ctx.core.config.environments
+            or not isinstance(run, str) or not _RUN_ID.fullmatch(run)):
         raise ValueError("malformed deploy button")
     return env
 
@@ -221,6 +229,11 @@ def _authorize_any_viewer(value: dict[str, Any], ctx: Ctx) -> str | None:
     return env  # the handler checks the exact rule (requester, approver, admin / the item's role)
 
 
+def _authorize_tick(value: dict[str, Any], ctx: Ctx) -> str | None:
+    bounded_int(value.get("step"), 0, MAX_STEPS, "checklist step")
+    return _authorize_any_viewer(value, ctx)
+
+
 def _run_abort(value: dict[str, Any], ctx: Ctx) -> Reply:
     assert ctx.session is not None
     return _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=value["run"], env_name=value["env"])
@@ -228,9 +241,7 @@ def _run_abort(value: dict[str, Any], ctx: Ctx) -> Reply:
 
 def _run_tick(value: dict[str, Any], ctx: Ctx) -> Reply:
     assert ctx.session is not None
-    step = value.get("step")
-    if not isinstance(step, int):
-        raise ValueError("malformed checklist button")
+    step = bounded_int(value.get("step"), 0, MAX_STEPS, "checklist step")  # checked at ack time already
     return _svc(ctx).tick(ctx.session, actor=ctx.actor, run_id=value["run"], env_name=value["env"], step_idx=step)
 
 
@@ -240,4 +251,4 @@ def make_entries() -> tuple[list[CommandEntry], list[ActionEntry]]:
              CommandEntry(UNLOCK_SPEC, _authorize_unlock, _run_unlock, needs_db=True)],
             [ActionEntry(ActionId.deploy_approve, _authorize_approve, _run_approve),
              ActionEntry(ActionId.deploy_abort, _authorize_any_viewer, _run_abort),
-             ActionEntry(ActionId.deploy_tick, _authorize_any_viewer, _run_tick)])
+             ActionEntry(ActionId.deploy_tick, _authorize_tick, _run_tick)])

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from bot.blocks import user_text
 from bot.core.context import Core
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
 from bot.errors import BackendUnavailable, ChatOpsError, CommandError, UnknownCommand, user_message
@@ -117,10 +118,10 @@ class Dispatcher:
         entry = self.commands.get(name)
         try:
             if entry is None:
-                raise UnknownCommand(f"unknown command /{name[:40]}", hint="Type `/help` for the commands.")
+                raise UnknownCommand(f"unknown command /{user_text(name[:40])}", hint="Type `/help` for the commands.")
             parsed = parse_args(entry.spec, inv.text, ParseContext(self.core.config))
             if isinstance(parsed, HelpRequest):
-                return self._finish_now(inv, ctx, name, Reply(parsed.spec.help_text()), "help", audit_args, None)
+                return self._finish_now(inv, ctx, name, Reply(parsed.help_text()), "help", audit_args, None)
             environment = entry.authorize(parsed, ctx)
             audit_args["parsed"] = _describe(parsed)
             if not entry.needs_db:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot import blocks
+from bot.blocks import user_text
 from bot.core.model import Reply
 from bot.errors import UnknownCommand
 from commands.dispatch import CommandEntry, Ctx
@@ -40,9 +41,10 @@ def make_entry(registry: dict[str, CommandEntry]) -> CommandEntry:
             name = next((n for n, e in registry.items() if e.spec.slack_name == cmd.command), cmd.command)
             entry = registry.get(name)
             if entry is None or not entry.listed:
-                raise UnknownCommand(f"there is no /{cmd.command} command",
+                raise UnknownCommand(f"there is no /{user_text(cmd.command[:40])} command",
                                      hint="Commands: " + ", ".join(f"/{e.spec.name}" for e in listed))
-            return Reply(entry.spec.help_text(), blocks.message(blocks.section(entry.spec.help_text())))
+            text = entry.spec.help_text(ctx.core.config)  # with this config's details (e.g. canary steps)
+            return Reply(text, blocks.message(blocks.section(text)))
         lines = [f"• `{e.spec.usage}` — {e.spec.summary}"
                  + (f" (in Slack: `/{e.spec.slack_name}`)" if e.spec.slack_name else "") for e in listed]
         text = "*swarm-chatops* operates the Trading Bot Swarm by its runbook.\n" + "\n".join(lines)

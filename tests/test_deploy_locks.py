@@ -37,7 +37,8 @@ def test_lock_freezes_the_environment_and_announces_it(deployer: Deployer) -> No
 
 def test_lock_needs_a_reason(deployer: Deployer) -> None:
     """/lock without --reason is refused and freezes nothing."""
-    assert "needs --reason" in deployer.command("/lock", "production")
+    reply = deployer.command("/lock", "production")
+    assert "missing --reason TEXT" in reply and "Usage: `/lock ENV --reason TEXT [--hours N]`" in reply
     assert holder(deployer) is None
 
 
@@ -96,7 +97,7 @@ def test_holder_can_lift_their_freeze(deployer: Deployer) -> None:
 def test_someone_elses_freeze_needs_admin_force(deployer: Deployer) -> None:
     """/unlock of another person's freeze is refused, even for an admin without --force."""
     deployer.command("/lock", "production --reason 'quarter-end close'")
-    assert "admin with --force" in deployer.command("/unlock", "production", ROOT)
+    assert "admin with `/unlock production --force`" in deployer.command("/unlock", "production", ROOT)
     assert holder(deployer) is not None
 
 
@@ -182,3 +183,70 @@ def test_force_unlock_of_a_running_run_rolls_it_back_under_the_lock(deployer: De
     assert run.state == "rolled_back" and run.abort_requested_by == ROOT
     assert "is not locked" in deployer.command("/unlock", "staging", ROOT)
     assert [r["outcome"] for r in deployer.audit("lock.break_glass")] == ["abort_requested"]
+
+
+# --- out-of-range values are usage errors, not internal errors (issue 6, item 6) ---------------------
+def test_lock_for_a_vanishing_duration_is_a_usage_error(deployer: Deployer) -> None:
+    """`--hours 1e-300` (a freeze that would expire at once) is refused saying what is accepted; nothing is frozen."""
+    reply = deployer.command("/lock", "production --reason x --hours 1e-300")
+    assert ":warning: --hours: '1e-300' is not a plain number" in reply
+    assert "from 0.1 (6 minutes) to 168 (a week)" in reply and "went wrong" not in reply
+    assert holder(deployer) is None
+    deployer.bot.settle()
+    assert deployer.audit("command.lock")[-1]["outcome"] == "usage_error"
+
+
+def test_lock_for_zero_hours_says_what_is_accepted(deployer: Deployer) -> None:
+    """`--hours 0` is out of range, and the message gives the range actually accepted (not "between 0 and 168")."""
+    reply = deployer.command("/lock", "production --reason x --hours 0")
+    assert "--hours: 0 is out of range; give a number of hours from 0.1 (6 minutes) to 168" in reply
+    assert holder(deployer) is None
+
+
+def test_tick_button_with_a_huge_step_is_a_usage_error(deployer: Deployer) -> None:
+    """A crafted Tick value with step 10**20 or 1e20 is refused as malformed and audited, never an internal error."""
+    _, run_id = deployer.deploy("v2.3 --env staging")
+    button = deployer.button(run_id, "Tick:")
+    for step in ("100000000000000000000", "1e20"):
+        value = button["value"].replace('"step":0', f'"step":{step}')
+        assert value != button["value"]
+        reply = deployer.click(run_id, "Tick:", ALICE, value=value)
+        assert reply == ":warning: malformed button (checklist step)"
+    deployer.bot.settle()
+    outcomes = [r["outcome"] for r in deployer.audit("action.deploy.tick")]
+    assert outcomes == ["usage_error", "usage_error"]
+    assert deployer.step(run_id, "checklist").status == "running"  # nothing was ticked
+
+
+# --- next steps that work (issue 6, item 13) ----------------------------------------------------------
+def test_lock_on_your_own_freeze_points_at_unlock(deployer: Deployer) -> None:
+    """Locking what you froze yourself says so and how to change it, not "ask whoever holds it"."""
+    deployer.command("/lock", "production --reason 'quarter-end close'")
+    reply = deployer.command("/lock", "production --reason 'longer close' --hours 8")
+    assert "You froze `production` yourself: `/unlock production` lifts the freeze" in reply
+    assert "whoever" not in reply
+
+
+def test_lock_on_someone_elses_freeze_names_who_to_ask(deployer: Deployer) -> None:
+    """Locking another person's freeze names that person and the admin's exact command."""
+    deployer.command("/lock", "production --reason 'quarter-end close'", ROOT)
+    reply = deployer.command("/lock", "production --reason other")
+    assert "Ask root, who froze it, to `/unlock production`" in reply
+    assert "`/unlock production --force`" in reply
+
+
+def test_second_deploy_while_your_plan_is_pending_says_abort_it_first(deployer: Deployer) -> None:
+    """A second /deploy while your own plan waits for approval says to abort that run first."""
+    _, first = deployer.deploy("v2.3 --env production --canary")
+    reply = deployer.command("/deploy", "v2.4 --env production")
+    assert f"Your run `{first}` holds `production`: abort `{first}` first" in reply
+    assert "Wait for it" not in reply
+    assert len(deployer.audit("deploy.plan")) == 1
+
+
+def test_unlock_of_a_run_lock_names_the_environment_in_its_hint(deployer: Deployer) -> None:
+    """/unlock staging on a run's lock suggests `/unlock staging --force`, a command that works as typed."""
+    _, run_id = deployer.deploy("v2.3 --env staging")
+    reply = deployer.command("/unlock", "staging")
+    assert "(admins) `/unlock staging --force`" in reply
+    assert "/unlock --force" not in reply

@@ -48,9 +48,12 @@ def test_deploy_with_env_and_canary_parses_into_deploy(parse_ctx: ParseContext) 
     assert parsed.strategy == "canary"
 
 
-def test_bare_version_number_is_normalised_with_a_v(parse_ctx: ParseContext) -> None:
-    """`2.3` is read as the release tag v2.3."""
-    assert parse_deploy("2.3", parse_ctx).version == "v2.3"
+@pytest.mark.parametrize("typed", ["2.3", "V2.3"])
+def test_almost_a_tag_is_refused_with_the_tag_it_probably_means(parse_ctx: ParseContext, typed: str) -> None:
+    """`2.3` and `V2.3` are treated alike: refused (never silently deployed) with "did you mean `v2.3`"."""
+    err = deploy_error(typed, parse_ctx)
+    assert f"'{typed}' is not a release tag" in err.message
+    assert err.hint == "Did you mean `v2.3`?" and err.usage == deploy.SPEC.usage
 
 
 def test_release_candidate_version_is_accepted(parse_ctx: ParseContext) -> None:
@@ -354,3 +357,84 @@ def test_token_soup_parses_or_raises_command_error(example_config: Config, spec:
 def test_property_covers_every_registered_command() -> None:
     """The property tests above reach every command in the registry and /deploy."""
     assert {"help", "status", "audit", "deploy"} <= {spec.name for spec in all_specs()}
+
+
+# --- what is typed is quoted back safely ---------------------------------------------------------
+def test_error_quoting_input_escapes_slack_markup(parse_ctx: ParseContext) -> None:
+    """An unknown environment named `<!channel>` is quoted back escaped, never as a broadcast."""
+    with pytest.raises(UnknownEnvironment) as info:
+        parse_args(status.SPEC, "--env <!channel>", parse_ctx)
+    assert "<!channel>" not in info.value.user_text()
+    assert "unknown environment '&lt;!channel&gt;'" in info.value.message
+
+
+def test_error_quoting_input_redacts_a_pasted_token(parse_ctx: ParseContext) -> None:
+    """A token pasted where a version belongs is not echoed back."""
+    token = "xoxb-1234567890-abcdefghij"
+    err = deploy_error(token, parse_ctx)
+    assert token not in err.user_text() and "***" in err.message
+
+
+# --- numbers in range, or a usage error ------------------------------------------------------------
+@pytest.mark.parametrize("hours", ["1e-300", "0", "0.01", "169", "1e3", "inf", "nan", "1_0", "-1", "\u0664"])
+def test_lock_hours_outside_what_is_accepted_is_a_usage_error(parse_ctx: ParseContext, hours: str) -> None:
+    """`--hours` takes a plain number from 0.1 to 168; anything else says exactly that."""
+    with pytest.raises(CommandError) as info:
+        parse_args(deploy.LOCK_SPEC, f"production --reason x --hours {hours}", parse_ctx)
+    assert "--hours" in info.value.message
+    assert "from 0.1 (6 minutes) to 168 (a week)" in info.value.message
+
+
+@pytest.mark.parametrize(("hours", "value"), [("0.1", 0.1), (".5", 0.5), ("4", 4.0), ("168", 168.0)])
+def test_lock_hours_inside_the_range_parse(parse_ctx: ParseContext, hours: str, value: float) -> None:
+    """The ends of the accepted range and short forms parse to that many hours."""
+    assert parse_args(deploy.LOCK_SPEC, f"production --reason x --hours {hours}", parse_ctx).hours == value
+
+
+@pytest.mark.parametrize("value", [10**20, 1e20, True, -1, "3", None])
+def test_button_numbers_outside_their_range_are_refused(value: Any) -> None:
+    """A button's number that is not a small whole number is a ValueError, before any query."""
+    from commands.grammar import bounded_int
+
+    with pytest.raises(ValueError, match="malformed button"):
+        bounded_int(value, 0, 1000, "checklist step")
+
+
+def test_limit_out_of_range_says_what_is_accepted(parse_ctx: ParseContext) -> None:
+    """`--limit 0` names the accepted range as whole numbers from 1 to 50."""
+    with pytest.raises(CommandError) as info:
+        parse_args(audit.SPEC, "--limit 0", parse_ctx)
+    assert "must be a whole number from 1 to 50" in info.value.message
+
+
+# --- help and usage say what the parser does --------------------------------------------------------
+def test_lock_usage_shows_reason_as_required(parse_ctx: ParseContext) -> None:
+    """`/lock`'s usage shows --reason without brackets, and parsing without it names it."""
+    assert deploy.LOCK_SPEC.usage == "/lock ENV --reason TEXT [--hours N]"
+    with pytest.raises(CommandError) as info:
+        parse_args(deploy.LOCK_SPEC, "production --hours 2", parse_ctx)
+    assert info.value.message.startswith("missing --reason TEXT")
+
+
+def test_unquoted_multiword_reason_gets_a_hint_to_quote(parse_ctx: ParseContext) -> None:
+    """`--reason hotfix déploiement urgent` says to quote it, showing the option with its words quoted."""
+    err = deploy_error("v2.3 --reason hotfix déploiement urgent", parse_ctx)
+    assert "unexpected 'déploiement' 'urgent'" in err.message
+    assert err.hint == 'Text with spaces needs quotes: `--reason "hotfix déploiement urgent"`'
+
+
+def test_stray_word_not_after_a_text_option_gets_no_quote_hint(parse_ctx: ParseContext) -> None:
+    """A stray word elsewhere is just unexpected: no hint about quoting."""
+    err = deploy_error("v2.3 extra --reason x", parse_ctx)
+    assert "unexpected 'extra'" in err.message and err.hint is None
+
+
+def test_deploy_help_lists_each_environments_configured_canary_steps(parse_ctx: ParseContext,
+                                                                     example_config: Config) -> None:
+    """`/deploy --help` quotes the canary steps of the config, not a fixed list."""
+    parsed = parse_deploy("--help", parse_ctx)
+    text = parsed.help_text()
+    for name, env in example_config.environments.items():
+        assert f"{name} " + " → ".join(f"{w}%" for w in env.canary.steps) in text
+    assert "10/25/50/75/100" not in text
+

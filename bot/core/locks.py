@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -9,6 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.blocks import user_text
 from bot.errors import Conflict
 from bot.persistence.models import EnvLock
 from bot.timeutil import aware, utcnow
@@ -25,13 +27,32 @@ class LockInfo:
     acquired_at: datetime
     expires_at: datetime
 
-    def describe(self) -> str:
-        who = self.held_by_name or f"<@{self.held_by}>"
+    def describe(self, *, markup: bool = True) -> str:
+        """One line for people. `markup`: for a Slack message (the holder's name and the reason, which
+        people typed, escaped and redacted); without it, plain text for an audit record."""
+        shown: Callable[[str], str] = user_text if markup else (lambda s: s)
+        who = shown(self.held_by_name) if self.held_by_name else f"<@{self.held_by}>"
         since = self.acquired_at.strftime("%Y-%m-%d %H:%M UTC")
         until = self.expires_at.strftime("%H:%M UTC")
         what = f"run `{self.run_id}`" if self.kind == "run" else "a freeze"
         text = f"`{self.environment}` is locked by {who} for {what} since {since} (expires {until})"
-        return text + (f" — reason: {self.reason}" if self.reason else "")
+        return text + (f" — reason: {shown(self.reason)}" if self.reason else "")
+
+    def next_step(self, user_id: str) -> str:
+        """What `user_id`, who just ran into this lock, can do about it."""
+        env = self.environment
+        if self.kind == "run":
+            if self.held_by == user_id:
+                return (f"Your run `{self.run_id}` holds `{env}`: abort `{self.run_id}` first (the Abort button "
+                        "on its message), or wait for it to end.")
+            return (f"Wait for run `{self.run_id}` to end, or ask its requester or an approver to abort it; an "
+                    f"admin can break the lock with `/unlock {env} --force` (that aborts the run).")
+        if self.held_by == user_id:
+            return (f"You froze `{env}` yourself: `/unlock {env}` lifts the freeze (then `/lock {env}` again "
+                    "to change its reason or length).")
+        who = user_text(self.held_by_name) if self.held_by_name else f"<@{self.held_by}>"
+        return (f"Ask {who}, who froze it, to `/unlock {env}`; an admin can lift it with "
+                f"`/unlock {env} --force`, or deploy through it with `/deploy … --force`.")
 
 
 def _info(row: EnvLock) -> LockInfo:
@@ -63,11 +84,9 @@ def acquire(session: Session, environment: str, *, kind: str, run_id: str | None
             session.flush()
     except IntegrityError:
         holder = current(session, environment)
-        raise Conflict(holder.describe() if holder else f"`{environment}` is locked",
-                       hint="Wait for it, or ask whoever holds it; an admin can break it with "
-                            f"`/unlock {environment} --force`"
-                            + (" (or deploy through a freeze with --force)." if holder and holder.kind == "freeze"
-                               else ".")) from None
+        if holder is None:
+            raise Conflict(f"`{environment}` is locked", hint="Try again in a moment.") from None
+        raise Conflict(holder.describe(), hint=holder.next_step(held_by)) from None
     return current(session, environment)  # type: ignore[return-value]
 
 

@@ -70,7 +70,7 @@ def render_run(run: Run, steps: list[RunStep], approvals: list[Approval]) -> Rep
     ]
     body: list[blocks.Block] = [blocks.header(title), blocks.fields(facts)]
     if run.reason:
-        body.append(blocks.context(f"Reason: {run.reason}"))
+        body.append(blocks.context(f"Reason: {blocks.user_text(run.reason)}"))
     deploy_steps = [s for s in steps if s.phase == Phase.main.value]
     rollback_steps = [s for s in steps if s.phase == Phase.rollback.value]
     body.append(blocks.section("*Steps*\n" + "\n".join(step_line(s) for s in deploy_steps)))

@@ -138,7 +138,7 @@ class DeployService:
                    plan_hash=run.plan_hash, previous_image=current_image, dry_run=dry_run, reason=reason)
         self.outbox.post(session, run.channel, render_run(run, self.steps(session, run_id), []), key=run_key(run_id))
         if broke is not None:
-            self.audit(session, run, actor, "lock.break_glass", "forced", broke_lock=broke.describe())
+            self.audit(session, run, actor, "lock.break_glass", "forced", broke_lock=broke.describe(markup=False))
             self.outbox.post(session, run.channel, Reply(
                 f":rotating_light: *BREAK-GLASS*: {actor.label} forced a deploy of {version} to {env_name} through "
                 f"the freeze ({broke.describe()}).", ephemeral=False))
