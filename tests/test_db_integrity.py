@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -21,9 +25,24 @@ from bot import cli
 from bot.errors import BackendUnavailable
 from bot.persistence import audit
 from bot.persistence.db import Database
-from tests.bot_server import REPO
+from tests.bot_server import REPO, free_port
 
 EXAMPLE_CONFIG = REPO / "chatops.example.yml"
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
+    """Until /readyz answers 200 (at most 20 s), failing with the output if the process exits."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited: {proc.stdout.read().decode() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)  # bounded readiness poll
+    raise AssertionError("serve did not become ready")
 
 
 def _entry(i: int) -> audit.AuditEntry:
@@ -205,7 +224,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _serve(db_url: str, *extra: str) -> int:
-    # `--port -1` never gets as far as binding: every test here is refused before uvicorn starts
+    # every call here is refused before uvicorn starts
     return cli.main(["--config", str(EXAMPLE_CONFIG), "--database-url", db_url, "serve", *extra])
 
 
@@ -345,3 +364,37 @@ def test_fast_row_hash_matches_reference_encoding() -> None:
                   "prev_hash": audit.GENESIS}
         row = tuple(values[name] for name in sorted(audit.HASHED_FIELDS))
         assert audit._row_hash(row) == audit.record_hash(values)
+
+
+def test_serve_with_accept_audit_loss_starts_and_audits_the_loss(sqlite_file: Path) -> None:
+    """`--accept-audit-loss` starts on the recreated database, audits the loss and rewrites the marker."""
+    from tests.harness.slack_api import FakeSlack
+    from tests.test_serve import serve_env
+
+    url = f"sqlite:///{sqlite_file}"
+    db = Database(url)
+    cli.update_marker(db, _marker(sqlite_file))
+    db.dispose()
+    sqlite_file.unlink()
+    with FakeSlack() as fake:
+        env = serve_env(fake, url)
+        refused = subprocess.run([sys.executable, "-m", "bot", "serve", "--port", "0"], env=env, cwd=REPO,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == cli.EXIT_AUDIT and "refusing to start" in refused.stderr
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(port), cli.ACCEPT_AUDIT_LOSS],
+                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(proc, port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    db = Database(url)
+    try:
+        with db.read() as session:
+            records = list(audit.iter_records(session, audit.AuditFilter()))
+        assert [r.action for r in records] == ["audit.history_lost"]
+        assert "says the audit chain had 3 records" in json.loads(records[0].args)["problem"]
+        assert json.loads(_marker(sqlite_file).read_text())["seq"] == 1
+    finally:
+        db.dispose()
