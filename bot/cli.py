@@ -1,4 +1,7 @@
-"""`chatops` command line: serve, console, db, audit, config check. Errors, never tracebacks."""
+"""`chatops` command line: serve, console, db, audit, config check. Errors, never tracebacks.
+
+Exit codes: 0 ok, 1 failure, 2 configuration or settings problems, 3 `serve` refused a database
+whose audit log lost records (see `--accept-audit-loss`)."""
 
 from __future__ import annotations
 
@@ -17,9 +20,12 @@ from bot.errors import ChatOpsError, ConfigError
 from bot.settings import Settings
 
 if TYPE_CHECKING:
+    from bot.config import Config
+    from bot.persistence.audit import ChainMark
     from bot.persistence.db import Database
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_AUDIT = 0, 1, 2, 3
+ACCEPT_AUDIT_LOSS = "--accept-audit-loss"
 
 
 class RedactingFormatter(logging.Formatter):
@@ -64,12 +70,125 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from bot.config import load_config
 
     settings = load_settings(args)
-    config = load_config(settings.config)
+    config = load_for_serve(settings, socket_mode=args.socket_mode) if args.serve else load_config(settings.config)
     print(f"{settings.config}: OK — {len(config.environments)} environment(s) "
-          f"({', '.join(config.environments)}), {len(config.people)} people")
+          f"({', '.join(config.environments)}), {len(config.people)} people"
+          + (" — ready for `chatops serve`" + (" --socket-mode" if args.socket_mode else "") if args.serve else ""))
     for key, value in settings.redacted().items():
         print(f"  {key} = {value}")
+    if not args.serve:
+        missing = serve_problems(settings, None, socket_mode=False)
+        if missing:
+            print("note: `chatops serve` would refuse to start (run `chatops config check --serve`): "
+                  + "; ".join(p.split(":", 1)[0] for p in missing) + " unset")
     return EXIT_OK
+
+
+def load_for_serve(settings: Settings, *, socket_mode: bool) -> Config:
+    """The config, after checking everything `serve` needs; every problem of both kinds in one ConfigError."""
+    from bot.config import load_config
+
+    config: Config | None = None
+    try:
+        config = load_config(settings.config)
+        problems: list[str] = []
+    except ConfigError as exc:
+        problems = list(exc.problems)
+    problems += serve_problems(settings, config, socket_mode=socket_mode)
+    if problems:
+        raise ConfigError(problems, source=f"{settings.config} and the CHATOPS_* settings")
+    assert config is not None
+    return config
+
+
+def serve_problems(settings: Settings, config: Config | None, *, socket_mode: bool) -> list[str]:
+    """Everything `chatops serve` needs beyond a valid config, all at once: the Slack secrets of its mode
+    and, with `config`, each configured Kubernetes target loadable."""
+    problems = []
+    if not settings.slack_bot_token:
+        problems.append("CHATOPS_SLACK_BOT_TOKEN: required to talk to Slack (the bot token, xoxb-...)")
+    if socket_mode:
+        if not settings.slack_app_token:
+            problems.append("CHATOPS_SLACK_APP_TOKEN: required for --socket-mode (the app-level token, xapp-...)")
+    elif not settings.slack_signing_secret:
+        problems.append("CHATOPS_SLACK_SIGNING_SECRET: required to verify Slack requests in HTTP mode "
+                        "(or use --socket-mode with CHATOPS_SLACK_APP_TOKEN)")
+    for name, env in (config.environments.items() if config is not None else ()):
+        if env.kubernetes is None:
+            continue
+        from integrations.kubernetes import cluster_from_target
+
+        try:
+            cluster_from_target(env.kubernetes)
+        except ConfigError as exc:
+            problems += [f"environments.{name}.{p}" for p in exc.problems]
+    return problems
+
+
+def marker_path(settings: Settings, db: Database) -> Path | None:
+    """Where the audit marker lives: the setting, else beside a SQLite file; None when there is none."""
+    if settings.audit_marker is not None:
+        value = settings.audit_marker.strip()
+        return None if value.lower() in {"", "off", "none", "false", "0"} else Path(value).expanduser()
+    if db.sqlite_file is not None:
+        return db.sqlite_file.with_name(db.sqlite_file.name + ".audit-head")
+    return None
+
+
+def _refusal(problem: str) -> int:
+    print(f"error: refusing to start: {problem}.", file=sys.stderr)
+    print("  Restore the database from its backup (docs/operations.md, \"The audit log\"). To start anyway "
+          f"and record the loss in the audit log, run `chatops serve {ACCEPT_AUDIT_LOSS}`.", file=sys.stderr)
+    return EXIT_AUDIT
+
+
+def _marker_of(path: Path | None) -> ChainMark | None:
+    from bot.persistence import audit
+
+    if path is None:
+        return None
+    try:
+        return audit.read_marker(path)
+    except ValueError as exc:
+        raise ChatOpsError(f"{exc}; fix or delete it") from None
+
+
+def audit_continuity(db: Database, marker_file: Path | None) -> str | None:
+    """Why `serve` must not start on this database, or None (see `audit.continuity_problem`)."""
+    from bot.persistence import audit
+
+    marker = _marker_of(marker_file)
+    if db.current_revision() is None:  # no schema at all: a new or recreated database
+        if marker is not None and marker.seq > 0:
+            return (f"the audit marker {marker_file} says the audit chain had {marker.seq} records, but the "
+                    "database has no tables: it was deleted or recreated")
+        return None
+    with db.read() as session:
+        return audit.continuity_problem(session, marker, marker_file)
+
+
+def update_marker(db: Database, marker_file: Path | None) -> None:
+    from bot.persistence import audit
+
+    if marker_file is None:
+        return
+    with db.read() as session:
+        head = audit.chain_head(session)
+    if head is not None:
+        try:
+            audit.write_marker(marker_file, head)
+        except OSError as exc:
+            logging.getLogger(__name__).warning("could not write the audit marker %s: %s", marker_file, exc)
+
+
+def _accept_loss(db: Database, problem: str) -> None:
+    from bot.persistence import audit
+
+    logging.getLogger(__name__).warning("starting despite a lost audit history (%s): %s", ACCEPT_AUDIT_LOSS, problem)
+    with db.transaction() as session:
+        audit.append(session, audit.AuditEntry(
+            actor_id="bot", actor_name="swarm-chatops", action="audit.history_lost", outcome="accepted",
+            correlation_id=f"start-{db.instance}", args={"problem": problem, "override": ACCEPT_AUDIT_LOSS}))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -77,22 +196,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from bot.container import build
     from bot.http import create_app
+    from bot.persistence.db import Database
 
     settings = load_settings(args)
     setup_logging(settings)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    problems = []
-    if args.socket_mode:
-        if not settings.slack_app_token:
-            problems.append("CHATOPS_SLACK_APP_TOKEN: required for --socket-mode (xapp-...)")
-    elif not settings.slack_signing_secret:
-        problems.append("CHATOPS_SLACK_SIGNING_SECRET: required to verify Slack requests in HTTP mode")
-    if problems:
-        raise ConfigError(problems, source="settings")
-    container = build(settings)
+    config = load_for_serve(settings, socket_mode=args.socket_mode)
+    probe = Database(settings.database_url)
+    marker_file = marker_path(settings, probe)
+    marker = _marker_of(marker_file)
+    problem = None
+    if probe.sqlite_file is not None and not probe.sqlite_file.exists() and marker is not None and marker.seq > 0:
+        # said before anything recreates the file empty
+        problem = (f"the database file {probe.sqlite_file} does not exist, but the audit marker {marker_file} "
+                   f"says the audit chain had {marker.seq} records")
+    probe.dispose()
+    if problem and not args.accept_audit_loss:
+        return _refusal(problem)
+    container = build(settings, config=config)
     if settings.db_upgrade_on_start:
         container.db.upgrade()
+    problem = problem or audit_continuity(container.db, marker_file)
+    if problem and not args.accept_audit_loss:
+        container.db.dispose()
+        return _refusal(problem)
+    if problem:
+        _accept_loss(container.db, problem)
+    update_marker(container.db, marker_file)
     app = create_app(container, socket_mode=args.socket_mode)
     logging.getLogger(__name__).info("serving on http://%s:%s (socket mode: %s)", host, port, args.socket_mode)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; once in-flight work is finished or
@@ -102,6 +233,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # log_config=None: uvicorn's loggers go through our handler (redaction, JSON lines)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, log_config=None,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 1, lifespan="on")
+    try:
+        update_marker(container.db, marker_file)
+    finally:
+        container.db.dispose()
     return EXIT_OK
 
 
@@ -158,12 +293,22 @@ def _audit(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     if args.audit_command == "verify":
         with db.read() as session:
             result = audit.verify(session)
-        if result.ok:
+        if not result.ok:
+            print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.problem} "
+                  f"({result.checked} records verified before it)")
+            return EXIT_FAIL
+        marker_file = marker_path(settings, db)
+        lost = audit_continuity(db, marker_file)
+        if lost:
+            present = f" (the {result.checked} records present verify)" if result.checked else ""
+            print(f"audit chain BROKEN: {lost}{present}")
+            return EXIT_FAIL
+        update_marker(db, marker_file)
+        if result.checked == 0:
+            print("audit chain EMPTY: no records yet (nothing to verify)")
+        else:
             print(f"audit chain OK: {result.checked} records verified")
-            return EXIT_OK
-        print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.problem} "
-              f"({result.checked} records verified before it)")
-        return EXIT_FAIL
+        return EXIT_OK
     from bot.config import load_config
     from commands.grammar import ParseContext, user_value, when_value
 
@@ -193,6 +338,7 @@ def _audit(args: argparse.Namespace, settings: Settings, db: Database) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chatops", description="swarm-chatops: operate the Trading Bot Swarm from Slack")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     p.add_argument("--config", help="YAML config (default: $CHATOPS_CONFIG or chatops.yml)")
     p.add_argument("--database-url", help="SQLAlchemy URL (default: $CHATOPS_DATABASE_URL or sqlite:///chatops.db)")
     # --config / --database-url work before or after the subcommand (`chatops config check --config F`)
@@ -205,6 +351,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 3000)")
     s.add_argument("--socket-mode", action="store_true", help="connect to Slack over Socket Mode")
+    s.add_argument(ACCEPT_AUDIT_LOSS, action="store_true",
+                   help="start even though the database holds fewer audit records than the audit head or "
+                        "marker say it had (a deleted or restored database); the loss is audited")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("console", parents=[common], help="local console: Slack commands and buttons in a terminal")
@@ -233,9 +382,21 @@ def parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", parents=[common], help="configuration")
     csub = cfg.add_subparsers(dest="config_command", required=True)
-    csub.add_parser("check", parents=[common], help="validate settings and the YAML config")
+    chk = csub.add_parser("check", parents=[common], help="validate settings and the YAML config")
+    chk.add_argument("--serve", action="store_true",
+                     help="also check what `chatops serve` needs: Slack secrets, Kubernetes targets")
+    chk.add_argument("--socket-mode", action="store_true", help="with --serve: for `serve --socket-mode`")
     cfg.set_defaults(func=cmd_config_check)
     return p
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("swarm-chatops")
+    except PackageNotFoundError:
+        return "unknown (not installed; run pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,10 @@ Validated with pydantic; every problem is reported as `field.path: message` so t
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -251,20 +254,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        problems: list[str] = []
-        for path, members in self._grant_lists():
-            for i, member in enumerate(members):
-                if not self._member_known(member):
-                    problems.append(
-                        f"{path}.{i}: {member!r} is not a person, a group:NAME, "
-                        "a Slack user id or a subteam:S... user group"
-                    )
-        for gname, members in self.groups.items():
-            for i, member in enumerate(members):
-                if member.startswith(("group:", "subteam:")) or not self._member_known(member):
-                    problems.append(f"groups.{gname}.{i}: {member!r} must be a person or a Slack user id")
-        if self.default_environment is not None and self.default_environment not in self.environments:
-            problems.append(f"default_environment: {self.default_environment!r} is not an environment")
+        problems = reference_problems(self.model_dump(mode="json"))
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -304,13 +294,152 @@ class Config(_Strict):
         return name, self.environments[name]
 
 
+# --- problems in our words -------------------------------------------------------------------------
+def did_you_mean(word: object, candidates: typing.Iterable[str]) -> str:
+    """' (did you mean X?)' when a candidate is close to `word`, else ''."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def reference_problems(data: object) -> list[str]:
+    """Grants naming unknown people or groups, group members, `default_environment`, procedure job names.
+
+    Works on the raw YAML too (tolerating wrong types), so these are reported together with the type
+    errors of the same file instead of only once everything else is fixed."""
+    root = _mapping(data)
+    people, groups, envs = _mapping(root.get("people")), _mapping(root.get("groups")), _mapping(root.get("environments"))
+    problems: list[str] = []
+
+    def known(member: str) -> bool:
+        if member.startswith("group:"):
+            return member[6:] in groups
+        if member.startswith("subteam:"):
+            return SUBTEAM_RE.match(member[8:]) is not None
+        return member in people or USER_ID_RE.match(member) is not None
+
+    def suggest(member: str) -> str:
+        return did_you_mean(member, list(people) + [f"group:{g}" for g in groups])
+
+    grants = [("roles", _mapping(root.get("roles")))]
+    grants += [(f"environments.{name}.roles", _mapping(_mapping(env).get("roles"))) for name, env in envs.items()]
+    for prefix, roles in grants:
+        for role, members in roles.items():
+            for i, member in enumerate(members if isinstance(members, list) else []):
+                if isinstance(member, str) and not known(member):
+                    problems.append(f"{prefix}.{role}.{i}: {member!r} is not a person, a group:NAME, a Slack user id "
+                                    f"or a subteam:S... user group{suggest(member)}")
+    for gname, members in groups.items():
+        for i, member in enumerate(members if isinstance(members, list) else []):
+            if isinstance(member, str) and (member.startswith(("group:", "subteam:")) or not known(member)):
+                problems.append(f"groups.{gname}.{i}: {member!r} must be a person or a Slack user id"
+                                f"{did_you_mean(member, people)}")
+    default = root.get("default_environment")
+    if default is not None and envs and default not in envs:
+        problems.append(f"default_environment: {default!r} is not an environment{did_you_mean(default, envs)}"
+                        + ("" if did_you_mean(default, envs) else f" ({', '.join(envs) or 'none defined'})"))
+    for name, env in envs.items():
+        env_map = _mapping(env)
+        jobs = {j.get("name") for j in env_map.get("jobs") or [] if isinstance(j, dict)}
+        jobs.discard(None)
+        procedure = env_map.get("procedure")
+        for i, step in enumerate(procedure if isinstance(procedure, list) else []):
+            step = _mapping(step)
+            if step.get("kind") == "job" and step.get("job") and step.get("job") not in jobs:
+                problems.append(f"environments.{name}.procedure.{i}.job: {step['job']!r} is not in jobs "
+                                f"({', '.join(sorted(map(str, jobs))) or 'none'}){did_you_mean(step['job'], map(str, jobs))}")
+    return problems
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class whose fields live at `loc` (a pydantic error location), if there is one."""
+    current: Any = Config
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field_info = current.model_fields.get(str(part))
+            if field_info is None:
+                return None
+            current = field_info.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is list:
+            current = typing.get_args(current)[0]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """X | None -> X."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _describe(value: object) -> str:
+    kinds = {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
+             float: "a number", type(None): "empty"}
+    shown = repr(value) if isinstance(value, str | int | float | bool) and len(repr(value)) <= 40 else ""
+    return f"{kinds.get(type(value), type(value).__name__)}{' ' + shown if shown else ''}"
+
+
+def _our_words(err: Any) -> tuple[tuple[Any, ...], str]:
+    """(location, message) for one pydantic error, in the words of docs/configuration.md."""
+    loc = tuple(err["loc"])
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    is_key = bool(loc) and loc[-1] == "[key]"
+    if is_key:
+        loc = loc[:-1]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        fields = list(model.model_fields) if model else []
+        hint = did_you_mean(str(loc[-1]), fields)
+        return loc, f"unknown field{hint} (see docs/configuration.md)" if hint else \
+            "unknown field (check the spelling; see docs/configuration.md)"
+    if kind == "enum" or kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        what = "role" if set(expected) == {r.value for r in Role} else "allowed value"
+        shown = repr(value) if isinstance(value, str) else _describe(value)
+        return loc, (f"{shown} is not a{'' if what == 'role' else 'n'} {what}{did_you_mean(value, expected)}; "
+                     f"use one of: {', '.join(expected)}")
+    simple = {
+        "missing": "missing: this field is required",
+        "int_parsing": f"must be a whole number, not {_describe(value)}",
+        "int_type": f"must be a whole number, not {_describe(value)}",
+        "int_from_float": f"must be a whole number, not {_describe(value)}",
+        "float_parsing": f"must be a number, not {_describe(value)}",
+        "float_type": f"must be a number, not {_describe(value)}",
+        "bool_parsing": f"must be true or false, not {_describe(value)}",
+        "bool_type": f"must be true or false, not {_describe(value)}",
+        "string_type": f"must be text, not {_describe(value)}",
+        "dict_type": f"must be a mapping (key: value lines), not {_describe(value)}",
+        "model_type": f"must be a mapping (key: value lines), not {_describe(value)}",
+        "model_attributes_type": f"must be a mapping (key: value lines), not {_describe(value)}",
+        "list_type": f"must be a list ([a, b] or '- a' lines), not {_describe(value)}",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}, not {value!r}",
+        "greater_than": f"must be more than {ctx.get('gt')}, not {value!r}",
+        "less_than_equal": f"must be at most {ctx.get('le')}, not {value!r}",
+        "less_than": f"must be less than {ctx.get('lt')}, not {value!r}",
+    }
+    if kind in simple:
+        return loc, simple[kind]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return loc, msg[:1].lower() + msg[1:] if msg[:1].isupper() and not msg[1:2].isupper() else msg
+
+
 def _format_validation_error(exc: ValidationError) -> list[str]:
     problems: list[str] = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see docs/configuration.md)"
+        loc, msg = _our_words(err)
+        path = ".".join(str(p) for p in loc)
         for line in msg.split("\n"):
             # model-level problems carry their own path at the start of the line
             problems.append(line if not path else f"{path}: {line}")
@@ -323,7 +452,33 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc), source=source) from None
+        problems = _format_validation_error(exc)
+    # the cross-references are checked by the model only once every field is valid: check them on the raw
+    # data too, so that one run reports every problem
+    problems += [p for p in reference_problems(data) if p not in problems]
+    raise ConfigError(problems, source=source)
+
+
+_YAML_REASONS = (  # PyYAML's problem text -> what to do about it
+    ("cannot start any token", "a tab character: indent with spaces, YAML does not allow tabs"),
+    ("expected <block end>", "this line's indentation does not line up with the lines above it"),
+    ("mapping values are not allowed here", "an unexpected ':' (quote a value that contains ': ')"),
+    ("could not find expected ':'", "a line that is not `key: value` (a missing ':' or a stray line)"),
+    ("found duplicate", "a duplicate key or anchor"),
+    ("found undefined alias", "an alias (*name) with no anchor (&name)"),
+    ("did not find expected key", "the indentation does not line up with the keys above it"),
+    ("found unexpected end of stream", "the file ends inside a quoted value or a bracket: one is not closed"),
+    ("while scanning a quoted scalar", "a quoted value is not closed"),
+)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    problem = str(getattr(exc, "problem", None) or "")
+    context = str(getattr(exc, "context", None) or "")
+    for needle, words in _YAML_REASONS:
+        if needle in problem or needle in context:
+            return f"{words} ({problem or context})"
+    return " ".join(part for part in (context, problem) if part) or str(exc).splitlines()[0]
 
 
 def load_config(path: Path) -> Config:
@@ -340,6 +495,6 @@ def load_config(path: Path) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        raise ConfigError([f"{path}: not valid YAML at {where}"], source=str(path)) from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
+        raise ConfigError([f"{path}: not valid YAML at {where}: {_yaml_reason(exc)}"], source=str(path)) from None
     return parse_config(data, source=str(path))

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///chatops.db", description="SQLAlchemy URL")
     config: Path = Field(Path("chatops.yml"), description="YAML config path")
     db_upgrade_on_start: bool = Field(True, description="Run migrations when `serve` starts")
+    audit_marker: str | None = Field(
+        None, description="File recording the audit chain's length and head hash, outside the database, so "
+        "`serve` refuses a database that lost records. Default: `<sqlite file>.audit-head` beside a SQLite "
+        "database, none for PostgreSQL; `off` disables it")
 
     # --- server -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address of `chatops serve`")

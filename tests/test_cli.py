@@ -441,3 +441,71 @@ def test_config_option_may_follow_the_subcommand(capsys: Capsys, isolated_cwd: P
     """`chatops config check --config FILE` works as well as `chatops --config FILE config check`."""
     assert cli.main(["config", "check", "--config", str(EXAMPLE_CONFIG)]) == cli.EXIT_OK
     assert "OK — 2 environment(s)" in capsys.readouterr().out
+
+
+# --- config check --serve, serve's secrets, --version, an empty chain ------------------------------
+def test_config_check_serve_lists_every_missing_secret(chatops: Chatops, capsys: Capsys) -> None:
+    """`config check --serve` with no Slack secrets: exit 2 naming the bot token and the signing secret."""
+    assert chatops("config", "check", "--serve") == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "has 2 problem(s)" in err
+    assert "CHATOPS_SLACK_BOT_TOKEN: required" in err and "CHATOPS_SLACK_SIGNING_SECRET: required" in err
+
+
+def test_config_check_serve_socket_mode_wants_the_app_token(chatops: Chatops, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: Capsys) -> None:
+    """In Socket Mode the app-level token is needed instead of the signing secret."""
+    monkeypatch.setenv("CHATOPS_SLACK_BOT_TOKEN", BOT_TOKEN)
+    assert chatops("config", "check", "--serve", "--socket-mode") == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "CHATOPS_SLACK_APP_TOKEN: required for --socket-mode" in err and "SIGNING_SECRET" not in err
+
+
+def test_config_check_serve_ok_when_serve_has_what_it_needs(chatops: Chatops, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: Capsys) -> None:
+    """With the bot token and signing secret set, `--serve` says the config is ready for serve."""
+    monkeypatch.setenv("CHATOPS_SLACK_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("CHATOPS_SLACK_SIGNING_SECRET", "s3cr3t")
+    assert chatops("config", "check", "--serve") == cli.EXIT_OK
+    assert "ready for `chatops serve`" in capsys.readouterr().out
+
+
+def test_config_check_without_serve_notes_what_serve_would_refuse(chatops: Chatops, capsys: Capsys) -> None:
+    """Plain `config check` passes the file but says that serve would refuse, and how to see why."""
+    assert chatops("config", "check") == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "OK" in out and "`chatops serve` would refuse to start" in out and "--serve" in out
+
+
+def test_config_check_serve_reports_config_and_secrets_together(chatops: Chatops, isolated_cwd: Path,
+                                                                capsys: Capsys) -> None:
+    """A broken file and missing secrets come out in one list."""
+    assert chatops("config", "check", "--serve", config=broken_config(isolated_cwd)) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "has 4 problem(s)" in err and "bogus_key" in err and "CHATOPS_SLACK_BOT_TOKEN" in err
+
+
+def test_serve_names_every_missing_secret_at_once(chatops: Chatops, capsys: Capsys) -> None:
+    """`serve` without secrets exits 2 naming both, not one per attempt."""
+    assert chatops("serve") == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "CHATOPS_SLACK_BOT_TOKEN" in err and "CHATOPS_SLACK_SIGNING_SECRET" in err and "Traceback" not in err
+
+
+def test_version_comes_from_package_metadata(capsys: Capsys) -> None:
+    """`chatops --version` prints the installed package's version."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"chatops {version('swarm-chatops')}"
+
+
+def test_audit_verify_on_an_empty_chain_says_empty(chatops: Chatops, capsys: Capsys) -> None:
+    """A migrated database with no records is "EMPTY", not "OK: 0 records"."""
+    assert chatops("db", "upgrade") == cli.EXIT_OK
+    capsys.readouterr()
+    assert chatops("audit", "verify") == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "EMPTY" in out and "OK" not in out.replace("EMPTY", "")

@@ -75,7 +75,14 @@ def test_unknown_field_is_reported_at_its_path(example_data: dict[str, Any]) -> 
     """A misspelt key is an unknown field at its full path."""
     example_data["environments"]["production"]["namespcae"] = "trading-prod"
     assert problems_of(example_data) == [
-        "environments.production.namespcae: unknown field (check the spelling; see docs/configuration.md)"]
+        "environments.production.namespcae: unknown field (did you mean 'namespace'?) (see docs/configuration.md)"]
+
+
+def test_unknown_field_without_a_close_name_asks_to_check_spelling(example_data: dict[str, Any]) -> None:
+    """An unknown key like no known field gets no guess, only the pointer to the docs."""
+    example_data["environments"]["production"]["zzz"] = 1
+    assert problems_of(example_data) == [
+        "environments.production.zzz: unknown field (check the spelling; see docs/configuration.md)"]
 
 
 def test_unknown_top_level_field_is_reported(example_data: dict[str, Any]) -> None:
@@ -130,7 +137,7 @@ def test_malformed_user_id_is_reported(example_data: dict[str, Any]) -> None:
 def test_unknown_default_environment_is_reported(example_data: dict[str, Any]) -> None:
     """default_environment must be one of the environments."""
     example_data["default_environment"] = "qa"
-    assert problems_of(example_data) == ["default_environment: 'qa' is not an environment"]
+    assert problems_of(example_data) == ["default_environment: 'qa' is not an environment (staging, production)"]
 
 
 def test_unknown_role_is_reported(example_data: dict[str, Any]) -> None:
@@ -138,7 +145,8 @@ def test_unknown_role_is_reported(example_data: dict[str, Any]) -> None:
     example_data["roles"]["superuser"] = ["root"]
     problems = problems_of(example_data)
     assert len(problems) == 1 and problems[0].startswith("roles.superuser")
-    assert "'admin'" in problems[0]
+    assert "is not a role" in problems[0] and "viewer, operator, deployer, approver, auditor, admin" in problems[0]
+    assert "Input should be" not in problems[0] and "[key]" not in problems[0]
 
 
 def test_too_many_approvals_is_reported(example_data: dict[str, Any]) -> None:
@@ -186,8 +194,72 @@ def test_invalid_yaml_names_the_line(write_config: Callable[[str], Path]) -> Non
     path = write_config("people:\n  alice: U0ALICE01\n environments: [\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.problems == [f"{path}: not valid YAML at line 3, column 2"]
+    assert info.value.problems == [f"{path}: not valid YAML at line 3, column 2: this line's indentation does not "
+                                   "line up with the lines above it (expected <block end>, but found "
+                                   "'<block mapping start>')"]
     assert info.value.source == str(path)
+
+
+def test_yaml_tab_is_explained(write_config: Callable[[str], Path]) -> None:
+    """A tab in the indentation is named as such, with what to do."""
+    path = write_config("people:\n  alice: U0ALICE01\n\tbob: U0BOB0002\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0].startswith(f"{path}: not valid YAML at line 3, column 1: a tab character: "
+                                             "indent with spaces")
+
+
+FIVE_PROBLEMS = """\
+people: {alice: U0ALICE01, bob: U0BOB0002}
+roles:
+  operater: [alice]
+  admin: [alcie]
+environments:
+  staging:
+    namespace: trading-staging
+    image: ghcr.io/x/y
+    channels: {deploy: C0STAGING1}
+    approvals_requierd: 1
+    canary: {interval_seconds: 1}
+default_environment: stagin
+"""
+
+
+def test_every_problem_of_a_file_is_reported_at_once(write_config: Callable[[str], Path]) -> None:
+    """Five problems of different kinds (types, unknown keys, references) come out in one run, in our words."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(FIVE_PROBLEMS))
+    assert sorted(info.value.problems) == sorted([
+        "roles.operater: 'operater' is not a role (did you mean 'operator'?); use one of: viewer, operator, "
+        "deployer, approver, auditor, admin",
+        "environments.staging.canary.interval_seconds: must be at least 5.0, not 1",
+        "environments.staging.approvals_requierd: unknown field (did you mean 'approvals_required'?) "
+        "(see docs/configuration.md)",
+        "roles.admin.0: 'alcie' is not a person, a group:NAME, a Slack user id or a subteam:S... user group "
+        "(did you mean 'alice'?)",
+        "default_environment: 'stagin' is not an environment (did you mean 'staging'?)",
+    ])
+
+
+def test_misspelt_group_member_and_strategy_get_suggestions(example_data: dict[str, Any]) -> None:
+    """Did-you-mean for a misspelt person in a group and for a value outside a fixed list."""
+    example_data["groups"] = {"release": ["bbo"]}
+    example_data["environments"]["staging"]["default_strategy"] = "canery"
+    problems = problems_of(example_data)
+    assert "groups.release.0: 'bbo' must be a person or a Slack user id (did you mean 'bob'?)" in problems
+    assert ("environments.staging.default_strategy: 'canery' is not an allowed value (did you mean 'canary'?); "
+            "use one of: rolling, canary, blue-green") in problems
+
+
+def test_type_errors_are_worded_for_people(example_data: dict[str, Any]) -> None:
+    """Wrong types say what is expected and what was found, not pydantic's wording."""
+    example_data["environments"]["staging"]["approvals_required"] = "two"
+    example_data["environments"]["staging"]["channels"] = "C0STAGING1"
+    problems = problems_of(example_data)
+    assert "environments.staging.approvals_required: must be a whole number, not text 'two'" in problems
+    assert ("environments.staging.channels: must be a mapping (key: value lines), not text 'C0STAGING1'"
+            in problems)
+    assert not any("Input should" in p for p in problems)
 
 
 def test_missing_file_says_how_to_fix_it(tmp_path: Path) -> None:

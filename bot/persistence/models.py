@@ -32,9 +32,11 @@ class AuditRecord(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
     __table_args__ = (
-        Index("ix_audit_ts", "ts"),
-        Index("ix_audit_actor", "actor_id"),
-        Index("ix_audit_env", "environment"),
+        # (column, seq): `/audit` pages newest first under a filter (migration 0003)
+        Index("ix_audit_ts_seq", "ts", "seq"),
+        Index("ix_audit_actor_seq", "actor_id", "seq"),
+        Index("ix_audit_env_seq", "environment", "seq"),
+        Index("ix_audit_action_seq", "action", "seq"),
     )
 
 
@@ -46,6 +48,16 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class DbHeartbeat(Base):
+    """One row (id=1) that `/readyz` upserts: readiness means the database accepted a write."""
+
+    __tablename__ = "db_heartbeat"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    checked_by: Mapped[str] = mapped_column(String(100))
 
 
 class ProcessedRequest(Base):
