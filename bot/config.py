@@ -57,6 +57,7 @@ class KubernetesTarget(_Strict):
     kubeconfig: str | None = None
     context: str | None = None
     host: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=120, description="bound on every API call")
 
 
 class PrometheusTarget(_Strict):
@@ -182,6 +183,8 @@ class Environment(_Strict):
     stop_trading: bool = Field(True, description="default procedure: stop trading for rolling/blue-green")
     approval_ttl_minutes: float = Field(30.0, gt=0, le=1440)
     lock_ttl_minutes: float = Field(180.0, gt=0, le=10080)
+    rollback_deadline_seconds: float = Field(1800.0, ge=10, le=86400, description="how long a rollback step "
+                                             "retries transient faults before the run needs a person")
     rollout_timeout_seconds: float = Field(600.0, ge=5)
     monitor_seconds: float = Field(900.0, ge=0, description="default procedure: monitoring window (runbook 5.4)")
 

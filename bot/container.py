@@ -165,7 +165,7 @@ def build_backends(config: Config) -> tuple[dict[str, EnvBackends], dict[str, Si
         if env.kubernetes is not None:
             from integrations.kubernetes import cluster_from_target
 
-            cluster: Any = cluster_from_target(env.kubernetes)
+            cluster: Any = cluster_from_target(env.kubernetes, timeout=env.kubernetes.timeout_seconds)
             labels["kubernetes"] = "configured"
         else:
             cluster, labels["kubernetes"] = sim.cluster, "simulated (no cluster configured)"

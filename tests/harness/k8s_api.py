@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,9 @@ class Request:
         return self.method == method and self.path.endswith(path_suffix)
 
 
+DROP = 0  # a fault "status" meaning: close the connection without an answer
+
+
 @dataclass
 class _Fault:
     remaining: int
@@ -119,6 +123,13 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if delay:
             self.server.fake._stopping.wait(delay)
+        if status == DROP:  # the connection goes away without an answer (a dropped connection / reset)
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         try:
             self.send_response(status)
@@ -243,6 +254,17 @@ class FakeKubernetes:
         with self._cond:
             self._errors.append(_Fault(n, status=status, method=method, path_contains=path_contains))
 
+    def clear_faults(self) -> None:
+        """Forget every armed error, drop and delay."""
+        with self._cond:
+            self._errors.clear()
+            self._delays.clear()
+
+    def drop_next(self, n: int = 1, *, method: str | None = None, path_contains: str | None = None) -> None:
+        """Close the connection of the next ``n`` matching requests without answering (not acting on them)."""
+        with self._cond:
+            self._errors.append(_Fault(n, status=DROP, method=method, path_contains=path_contains))
+
     def delay_next(self, n: int = 1, seconds: float = 1.0, *, method: str | None = None,
                    path_contains: str | None = None) -> None:
         """Hold the answer to the next ``n`` matching requests for ``seconds`` (the request still takes
@@ -339,6 +361,8 @@ class FakeKubernetes:
         out_type = "application/json"
         if self.token is not None and auth != f"Bearer {self.token}":
             status, payload = 401, ApiError(401, "Unauthorized", "Unauthorized").status()
+        elif fault is not None and fault.status == DROP:
+            status, payload = DROP, ""
         elif fault is not None:
             status = fault.status
             reason, message = _FAULT_REASONS.get(status, ("InternalError", "an error on the server"))
