@@ -1,12 +1,13 @@
-"""The ASGI app: /slack/events (body limits, signature check, then Bolt), /healthz, /readyz, /metrics."""
+"""The ASGI app: /slack/events (body limits, signature, payload shape, then Bolt), /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from bot.container import Container
 from bot.metrics import Metrics
+from bot.slack.payloads import MalformedPayload, parse_payload
 from bot.slack.verify import VerificationFailed, verify
 
 log = logging.getLogger(__name__)
@@ -143,9 +145,17 @@ def create_app(container: Container, *, socket_mode: bool = False) -> Starlette:
             metrics.slack_rejected.labels(exc.reason).inc()
             return _count(JSONResponse({"error": "invalid request", "reason": exc.reason}, status_code=401),
                           "/slack/events")
-        # the body was read here, so Bolt is handed it (its Starlette adapter would try to read the stream again)
-        bolt_request = AsyncBoltRequest(body=body.decode("utf-8"), query=request.url.query,
-                                        headers=dict(request.headers.items()))
+        try:
+            payload = parse_payload(body, request.headers.get("content-type"))
+        except MalformedPayload as exc:
+            log.warning("refused signed Slack request from %s: %s (%s)", client, exc.reason, exc.detail)
+            metrics.slack_rejected.labels(exc.reason).inc()
+            return _count(JSONResponse({"error": "malformed request", "reason": exc.reason, "detail": exc.detail},
+                                       status_code=400), "/slack/events")
+        # Bolt gets the structure that was checked, as JSON: it never parses the raw body itself
+        headers: dict[str, str | Sequence[str]] = dict(request.headers.items())
+        headers["content-type"] = "application/json"
+        bolt_request = AsyncBoltRequest(body=json.dumps(payload.body), query=request.url.query, headers=headers)
         response = to_starlette_response(await bolt.async_dispatch(bolt_request))
         metrics.ack_latency.observe(time.perf_counter() - started)
         return _count(response, "/slack/events")
