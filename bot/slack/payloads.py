@@ -94,7 +94,7 @@ def _form(text: str) -> SlackPayload:
     except UnicodeDecodeError:
         raise MalformedPayload("not_utf8", "a form value is not percent-encoded UTF-8") from None
     except ValueError as exc:
-        raise MalformedPayload("not_form", f"the body is not a URL-encoded form ({exc})") from None
+        raise MalformedPayload("not_form", f"the body is not a URL-encoded form ({_short(exc)})") from None
     fields: dict[str, str] = {}
     for key, value in pairs:
         if key in fields:
