@@ -14,7 +14,10 @@ class Metrics:
         self.http_requests = Counter("chatops_http_requests_total", "HTTP requests served",
                                      ["path", "status"], registry=r)
         self.slack_rejected = Counter("chatops_slack_requests_rejected_total",
-                                      "Slack requests refused by signature verification", ["reason"], registry=r)
+                                      "Slack requests refused before Bolt (body limits, signature, malformed payload)",
+                                      ["reason"], registry=r)
+        self.body_reads = Gauge("chatops_http_body_reads_in_progress",
+                                "Request bodies being read before their signature is checked", registry=r)
         self.slack_duplicates = Counter("chatops_slack_duplicates_total",
                                         "Slack deliveries recognised as already handled", ["kind"], registry=r)
         self.commands = Counter("chatops_commands_total", "Commands and actions by name and outcome",

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     port: int = Field(3000, ge=0, le=65535)
     log_level: str = Field("INFO")
     log_format: str = Field("text", description="text or json")
+    http_max_body_bytes: int = Field(1_000_000, ge=1024, le=50_000_000,
+                                     description="Largest request body accepted (413 beyond, checked on "
+                                     "Content-Length at once and counted while streaming)")
+    http_body_timeout_seconds: float = Field(5.0, gt=0, le=120,
+                                             description="Time a client has to send a whole request body "
+                                             "(408 and the connection closed after it)")
+    http_max_body_reads: int = Field(64, ge=1, le=10_000,
+                                     description="Request bodies read at the same time before their signature "
+                                     "is checked (503 with Retry-After beyond)")
 
     # --- background work ------------------------------------------------------------------------
     worker_threads: int = Field(8, ge=1, le=64, description="Bounded background task concurrency")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
 
 MAX_AGE_SECONDS = 300
+_UNIX_TIME = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes "²" and "٣"
 
 
 class VerificationFailed(Exception):
@@ -28,8 +30,9 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float |
     signature = headers.get("x-slack-signature")
     if not timestamp or not signature:
         raise VerificationFailed("missing_headers", "X-Slack-Request-Timestamp or X-Slack-Signature missing")
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        raise VerificationFailed("malformed_timestamp", "X-Slack-Request-Timestamp is not a Unix time")
+    if not _UNIX_TIME.fullmatch(timestamp):
+        raise VerificationFailed("malformed_timestamp", "X-Slack-Request-Timestamp is not a Unix time "
+                                 "(1 to 12 ASCII digits)")
     age = abs((now if now is not None else time.time()) - int(timestamp))
     if age > MAX_AGE_SECONDS:
         raise VerificationFailed("stale_timestamp",
