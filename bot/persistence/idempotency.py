@@ -1,22 +1,79 @@
-"""Idempotency keys: the first delivery of a Slack request claims its key; re-deliveries find it taken."""
+"""Idempotency keys and pending commands.
+
+The first delivery of a Slack request claims its key in `processed_requests`; re-deliveries find it
+taken, in this process or any other. A deferred command is also written to `pending_commands`
+before it is acknowledged, leased by the process that will run it, and deleted in the transaction
+that runs it: a row left behind by a crash is leased again (`lease_expired`) and run elsewhere. The
+claim, not the lease, is what makes a command run exactly once.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot.persistence.models import ProcessedRequest
+from bot.persistence.models import PendingCommand, ProcessedRequest
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def claim(session: Session, key: str, kind: str) -> bool:
     """Claim `key` in the caller's transaction; False when it was claimed before (here or by another
     process). INSERT ... ON CONFLICT DO NOTHING: no savepoint, no exception on the duplicate path."""
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
     table = ProcessedRequest.__table__
-    stmt = (module.insert(table).values(key=key[:200], kind=kind, created_at=datetime.now(UTC))
+    stmt = (_insert(session)(table).values(key=key[:200], kind=kind, created_at=datetime.now(UTC))
             .on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key))
     # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement
     return session.execute(stmt).first() is not None
+
+
+def add_pending(session: Session, key: str, kind: str, payload: dict[str, Any], *, owner: str,
+                lease_seconds: float) -> bool:
+    """Record a deferred delivery, leased to `owner`; False when the same delivery is already pending."""
+    now = datetime.now(UTC)
+    table = PendingCommand.__table__
+    stmt = (_insert(session)(table).values(key=key[:200], kind=kind, payload=payload, created_at=now,
+                                          claimed_by=owner, claimed_until=now + timedelta(seconds=lease_seconds),
+                                          attempts=1)
+            .on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key))
+    return session.execute(stmt).first() is not None
+
+
+def finish_pending(session: Session, key: str) -> None:
+    """The delivery's job is done (committed with it): nobody will run it again."""
+    session.execute(delete(PendingCommand).where(PendingCommand.key == key[:200]))
+
+
+def renew_pending(session: Session, owner: str, keys: Iterable[str], lease_seconds: float) -> None:
+    keys = [k[:200] for k in keys]
+    if keys:
+        session.execute(update(PendingCommand)
+                        .where(PendingCommand.claimed_by == owner, PendingCommand.key.in_(keys))
+                        .values(claimed_until=datetime.now(UTC) + timedelta(seconds=lease_seconds)))
+
+
+def lease_expired(session: Session, owner: str, lease_seconds: float, *, limit: int = 50,
+                  ) -> list[PendingCommand]:
+    """Take over pending deliveries whose lease ran out (their process died or gave them up), oldest
+    first, each with a compare-and-set so that two processes never take the same one."""
+    now = datetime.now(UTC)
+    free = or_(PendingCommand.claimed_until.is_(None), PendingCommand.claimed_until < now)
+    rows = list(session.execute(select(PendingCommand).where(free).order_by(PendingCommand.created_at)
+                                .limit(limit)).scalars())
+    taken = []
+    for row in rows:
+        result = session.execute(
+            update(PendingCommand).where(PendingCommand.key == row.key, free)
+            .values(claimed_by=owner, claimed_until=now + timedelta(seconds=lease_seconds),
+                    attempts=PendingCommand.attempts + 1))
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            session.refresh(row)
+            taken.append(row)
+    return taken
