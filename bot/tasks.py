@@ -155,8 +155,7 @@ class PendingRunner:
                         with self.db.transaction() as session:
                             renew_pending(session, self.owner, held, self.lease_seconds)
                 with self.db.transaction() as session:
-                    rows = [(r.key, r.kind, dict(r.payload), r.attempts)
-                            for r in lease_expired(session, self.owner, self.lease_seconds)]
+                    rows = lease_expired(session, self.owner, self.lease_seconds)
                 for key, kind, payload, attempts in rows:
                     log.info("running pending command %s left by an earlier process (attempt %d)", key, attempts)
                     job = self.rebuild(key, kind, payload, attempts)

@@ -48,32 +48,33 @@ def add_pending(session: Session, key: str, kind: str, payload: dict[str, Any], 
 
 def finish_pending(session: Session, key: str) -> None:
     """The delivery's job is done (committed with it): nobody will run it again."""
-    session.execute(delete(PendingCommand).where(PendingCommand.key == key[:200]))
+    table = PendingCommand.__table__
+    session.execute(delete(table).where(table.c.key == key[:200]))
 
 
 def renew_pending(session: Session, owner: str, keys: Iterable[str], lease_seconds: float) -> None:
+    table = PendingCommand.__table__
     keys = [k[:200] for k in keys]
     if keys:
-        session.execute(update(PendingCommand)
-                        .where(PendingCommand.claimed_by == owner, PendingCommand.key.in_(keys))
+        session.execute(update(table).where(table.c.claimed_by == owner, table.c.key.in_(keys))
                         .values(claimed_until=datetime.now(UTC) + timedelta(seconds=lease_seconds)))
 
 
 def lease_expired(session: Session, owner: str, lease_seconds: float, *, limit: int = 50,
-                  ) -> list[PendingCommand]:
+                  ) -> list[tuple[str, str, dict[str, Any], int]]:
     """Take over pending deliveries whose lease ran out (their process died or gave them up), oldest
-    first, each with a compare-and-set so that two processes never take the same one."""
+    first, each with a compare-and-set so that two processes never take the same one. Returns
+    (key, kind, payload, attempts) of each row taken."""
     now = datetime.now(UTC)
-    free = or_(PendingCommand.claimed_until.is_(None), PendingCommand.claimed_until < now)
-    rows = list(session.execute(select(PendingCommand).where(free).order_by(PendingCommand.created_at)
-                                .limit(limit)).scalars())
+    table = PendingCommand.__table__
+    free = or_(table.c.claimed_until.is_(None), table.c.claimed_until < now)
+    rows = session.execute(select(table.c.key, table.c.kind, table.c.payload, table.c.attempts).where(free)
+                           .order_by(table.c.created_at).limit(limit)).all()
     taken = []
-    for row in rows:
+    for key, kind, payload, attempts in rows:
         result = session.execute(
-            update(PendingCommand).where(PendingCommand.key == row.key, free)
-            .values(claimed_by=owner, claimed_until=now + timedelta(seconds=lease_seconds),
-                    attempts=PendingCommand.attempts + 1))
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            session.refresh(row)
-            taken.append(row)
+            update(table).where(table.c.key == key, free)
+            .values(claimed_by=owner, claimed_until=now + timedelta(seconds=lease_seconds), attempts=attempts + 1))
+        if result.rowcount == 1:
+            taken.append((key, kind, dict(payload), attempts + 1))
     return taken
