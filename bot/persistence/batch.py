@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import BackendUnavailable
-from bot.persistence.audit import AuditEntry, append
+from bot.persistence.audit import AuditEntry, append_many
 from bot.persistence.db import Database
-from bot.persistence.idempotency import add_pending, claim
+from bot.persistence.idempotency import add_pending_many, claim_many
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500
@@ -145,15 +145,18 @@ class BatchWriter:
         self._done(len(batch))
 
     def _write(self, batch: list[Item]) -> list[bool]:
-        out = []
+        """One transaction, a handful of statements whatever the batch size: the claims in one insert,
+        the audit records of the fresh ones in one append, the pending rows in one insert."""
+        records = [(i, item) for i, item in enumerate(batch) if isinstance(item, Record)]
+        pendings = [(i, item) for i, item in enumerate(batch) if isinstance(item, Pending)]
+        out = [False] * len(batch)
         with self.db.transaction() as session:
-            for item in batch:
-                if isinstance(item, Record):
-                    fresh = claim(session, item.key, item.kind)
-                    if fresh:
-                        append(session, item.entry)
-                else:
-                    fresh = add_pending(session, item.key, item.kind, item.payload, owner=self.owner,
-                                        lease_seconds=self.lease_seconds)
-                out.append(fresh)
+            fresh = claim_many(session, [(item.key, item.kind) for _, item in records])
+            append_many(session, [item.entry for (_, item), new in zip(records, fresh, strict=True) if new])
+            for (i, _), new in zip(records, fresh, strict=True):
+                out[i] = new
+            added = add_pending_many(session, [(item.key, item.kind, item.payload) for _, item in pendings],
+                                     owner=self.owner, lease_seconds=self.lease_seconds)
+            for (i, _), new in zip(pendings, added, strict=True):
+                out[i] = new
         return out

@@ -34,16 +34,47 @@ def claim(session: Session, key: str, kind: str) -> bool:
     return session.execute(stmt).first() is not None
 
 
-def add_pending(session: Session, key: str, kind: str, payload: dict[str, Any], *, owner: str,
-                lease_seconds: float) -> bool:
-    """Record a deferred delivery, leased to `owner`; False when the same delivery is already pending."""
+def claim_many(session: Session, keys: list[tuple[str, str]]) -> list[bool]:
+    """`claim` for a batch of (key, kind) in one statement; a key repeated within the batch is fresh
+    only the first time."""
+    if not keys:
+        return []
+    table = ProcessedRequest.__table__
     now = datetime.now(UTC)
-    table = PendingCommand.__table__
-    stmt = (_insert(session)(table).values(key=key[:200], kind=kind, payload=payload, created_at=now,
-                                          claimed_by=owner, claimed_until=now + timedelta(seconds=lease_seconds),
-                                          attempts=1)
+    unique = list(dict.fromkeys(k[:200] for k, _ in keys))
+    kinds = {k[:200]: kind for k, kind in reversed(keys)}
+    stmt = (_insert(session)(table).values([{"key": k, "kind": kinds[k], "created_at": now} for k in unique])
             .on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key))
-    return session.execute(stmt).first() is not None
+    inserted = set(session.execute(stmt).scalars())
+    out = []
+    for key, _ in keys:
+        out.append(key[:200] in inserted)
+        inserted.discard(key[:200])
+    return out
+
+
+def add_pending_many(session: Session, items: list[tuple[str, str, dict[str, Any]]], *, owner: str,
+                     lease_seconds: float) -> list[bool]:
+    """Record deferred deliveries (key, kind, payload), leased to `owner`, in one statement; False for
+    one whose delivery is already pending."""
+    if not items:
+        return []
+    table = PendingCommand.__table__
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=lease_seconds)
+    first: dict[str, tuple[str, dict[str, Any]]] = {}
+    for key, kind, payload in items:
+        first.setdefault(key[:200], (kind, payload))
+    stmt = (_insert(session)(table).values([
+        {"key": k, "kind": kind, "payload": payload, "created_at": now, "claimed_by": owner,
+         "claimed_until": until, "attempts": 1} for k, (kind, payload) in first.items()])
+        .on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key))
+    inserted = set(session.execute(stmt).scalars())
+    out = []
+    for key, _, _ in items:
+        out.append(key[:200] in inserted)
+        inserted.discard(key[:200])
+    return out
 
 
 def finish_pending(session: Session, key: str) -> None:
