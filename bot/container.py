@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from bot.outbox import Outbox, OutboxWorker, Transport
 from bot.persistence.batch import BatchWriter
 from bot.persistence.db import Database
 from bot.settings import Settings
-from bot.tasks import TaskRunner
+from bot.tasks import PendingRunner, TaskRunner
 from commands import registry
 from commands.dispatch import Dispatcher
 
@@ -48,11 +49,13 @@ class Container:
     executor: Executor
     sims: dict[str, SimWorld]
     writer: BatchWriter
+    pending: PendingRunner
     threads: list[threading.Thread] = field(default_factory=list)
     stoppers: list[object] = field(default_factory=list)
 
     def start(self) -> None:
         self.writer.start()
+        self.pending.start()
         self.worker.start()
         self.executor.start()
         for thread in self.threads:
@@ -61,9 +64,12 @@ class Container:
     def stop(self) -> None:
         """Graceful: finish in-flight tasks (bounded), pause deploy runs at their next check (their
         state is in the database; the next process resumes them), flush the outbox, then close."""
+        self.pending.stop()
         self.executor.stop(timeout=self.settings.shutdown_grace_seconds)
-        self.tasks.shutdown(self.settings.shutdown_grace_seconds)
+        # acknowledged deliveries first reach their job; a job not finished in time stays pending
+        # (its row outlives us: the next process, or another replica, runs it)
         self.writer.stop(timeout=min(5.0, self.settings.shutdown_grace_seconds))
+        self.tasks.shutdown(self.settings.shutdown_grace_seconds)
         self.worker.stop(flush_seconds=min(5.0, self.settings.shutdown_grace_seconds))
         for stopper in self.stoppers:
             getattr(stopper, "stop", lambda: None)()
@@ -140,10 +146,13 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     executor = Executor(db, store, lease_seconds=settings.deploy_lease_seconds, metrics=metrics)
     core.runs = store
     core.executor = executor
-    writer = BatchWriter(db)
+    owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
+    pending = PendingRunner(db, tasks, dispatcher.rebuild, owner=owner)
+    writer = BatchWriter(db, owner=owner, lease_seconds=pending.lease_seconds)
     dispatcher.writer = writer
+    dispatcher.runner = pending
     return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, executor, sims,
-                     writer, threads, stoppers)
+                     writer, pending, threads, stoppers)
 
 
 def default_check_settings() -> list[CheckSettings]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
-from bot.errors import ChatOpsError, new_error_id
+from bot.errors import BackendUnavailable, ChatOpsError, new_error_id
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -79,3 +81,94 @@ class TaskRunner:
                         "transactions either committed or will be retried on redelivery", self.in_flight, grace)
         self._pool.shutdown(wait=finished, cancel_futures=True)
         return finished
+
+
+#: how long a process's hold on a pending command lasts without renewal (renewed every third of it)
+PENDING_LEASE_SECONDS = 10.0
+
+
+class PendingRunner:
+    """Runs the pending commands (`pending_commands`): the ones this process acknowledged, and any that
+    a dead process (or a full queue) left behind once their lease runs out.
+
+    The jobs delete their own row in the transaction that does their work; while one is queued or
+    running here, its lease is renewed, so no other process takes it over. `rebuild(kind, payload)`
+    turns a row back into its job (None: it cannot be run any more and has been dealt with).
+    """
+
+    def __init__(self, db: Any, tasks: TaskRunner, rebuild: Callable[[str, str, dict[str, Any], int],
+                                                                     Callable[[], None] | None],
+                 *, owner: str, lease_seconds: float = PENDING_LEASE_SECONDS, poll_seconds: float = 1.0) -> None:
+        self.db = db
+        self.tasks = tasks
+        self.rebuild = rebuild
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chatops-pending", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def run(self, key: str, name: str, job: Callable[[], None]) -> bool:
+        """Queue the job of a pending row this process holds; False when the queue is full or closed
+        (the row stays pending: its lease runs out and it is picked up again)."""
+        def held_job() -> None:
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._held.discard(key)
+
+        with self._lock:
+            self._held.add(key)
+        try:
+            self.tasks.submit(name, held_job)
+        except Busy:
+            with self._lock:
+                self._held.discard(key)
+            log.warning("pending command %s not started now (%s); it will be retried", key, "busy")
+            return False
+        return True
+
+    def _loop(self) -> None:
+        from bot.persistence.idempotency import lease_expired, renew_pending
+
+        failing = False
+        next_renew = 0.0
+        while not self._stop.wait(0 if next_renew == 0.0 else self.poll_seconds):
+            try:
+                now = time.monotonic()
+                if now >= next_renew:
+                    next_renew = now + self.lease_seconds / 3
+                    with self._lock:
+                        held = list(self._held)
+                    if held:
+                        with self.db.transaction() as session:
+                            renew_pending(session, self.owner, held, self.lease_seconds)
+                with self.db.transaction() as session:
+                    rows = lease_expired(session, self.owner, self.lease_seconds)
+                for key, kind, payload, attempts in rows:
+                    log.info("running pending command %s left by an earlier process (attempt %d)", key, attempts)
+                    job = self.rebuild(key, kind, payload, attempts)
+                    if job is not None:
+                        self.run(key, f"pending.{kind}", job)
+                if failing:
+                    log.warning("pending-command runner recovered")
+                    failing = False
+            except BackendUnavailable as exc:
+                if not failing:
+                    log.error("pending-command runner cannot reach the database; retrying: %s", exc)
+                    failing = True
+            except Exception:
+                if not failing:
+                    log.exception("pending-command runner failed; retrying")
+                    failing = True

@@ -116,6 +116,30 @@ def append(session: Session, entry: AuditEntry) -> dict[str, Any]:
     return values
 
 
+def append_many(session: Session, entries: list[AuditEntry]) -> None:
+    """`append` for a batch (the ack path's group commit): one head-row lock, one multi-row insert and
+    one head update for all of them, chained in order."""
+    if not entries:
+        return
+    head_table, table = AuditHead.__table__, AuditRecord.__table__
+    seq, prev_hash = session.execute(
+        select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
+    ).one()
+    rows = []
+    for entry in entries:
+        seq += 1
+        values: dict[str, Any] = {
+            "seq": seq, "ts": now_iso(), "actor_id": entry.actor_id, "actor_name": entry.actor_name,
+            "channel": entry.channel, "environment": entry.environment, "action": entry.action,
+            "args": canonical_args(entry.args), "outcome": entry.outcome,
+            "correlation_id": entry.correlation_id, "prev_hash": prev_hash,
+        }
+        values["hash"] = prev_hash = record_hash(values)
+        rows.append(values)
+    session.execute(insert(table), rows)
+    session.execute(update(head_table).where(head_table.c.id == 1).values(seq=seq, hash=prev_hash))
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool

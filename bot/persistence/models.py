@@ -199,3 +199,20 @@ class TradingHalt(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     mode: Mapped[str] = mapped_column(String(16))  # graceful | emergency
     halted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PendingCommand(Base):
+    """A delivery acknowledged to Slack whose job has not finished yet (0005). Written before the ack,
+    deleted in the job's own transaction; a row left behind by a crash is leased and run by any process."""
+
+    __tablename__ = "pending_commands"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # the delivery's idempotency key
+    kind: Mapped[str] = mapped_column(String(32))  # command | action | event
+    payload: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]  # enough to prepare it again
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_pending_commands_claimed_until", "claimed_until"),)

@@ -1,12 +1,14 @@
 """The Bolt app: translates Slack payloads into core invocations, acks, hands work to the runner.
 
 Listeners run with `process_before_response=True`: each acks inline (no thread hop, no 10 ms
-ack polling) after only in-memory work, and the slow part is a tracked background task.
+ack polling) once the delivery is durable — its claim and audit record, or its pending-command row,
+group-committed by the batched writer — and the slow part is a tracked background task.
 Signatures are verified before Bolt sees a request (`bot.http`), so Bolt's own check is off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -15,9 +17,11 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.response import BoltResponse
 
 from bot.container import Container
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
+from commands.dispatch import NOT_RECORDED
 
 log = logging.getLogger(__name__)
 
@@ -91,30 +95,40 @@ def build_bolt(container: Container) -> AsyncApp:
     dispatcher = container.dispatcher
     tasks = container.tasks
 
+    # Each listener acks only once the delivery is durable (dispatcher.acknowledge awaits the group
+    # commit). When it could not be recorded, a slash command's ack says so in its text; a click or an
+    # event, which have no text to show, get a 503 (Slack retries events; the user is told of a click).
     @app.command(re.compile(r"^/"))
     async def on_command(ack: AsyncAck, body: dict[str, Any]) -> None:
         prepared = dispatcher.prepare(command_invocation(container, body))
-        busy = dispatcher.launch(prepared, tasks)
-        await ack(**_ack_kwargs(Reply(busy) if busy else prepared.ack))
+        accepted = await dispatcher.acknowledge(prepared, tasks)
+        await ack(**_ack_kwargs(accepted.reply))
 
     @app.action(re.compile(r".*"))
-    async def on_action(ack: AsyncAck, body: dict[str, Any]) -> None:
-        busy = None
+    async def on_action(ack: AsyncAck, body: dict[str, Any]) -> BoltResponse | None:
+        failed: ActionInvocation | None = None
         for inv in action_invocations(container, body):
-            prepared = dispatcher.prepare_action(inv)
-            busy = busy or dispatcher.launch(prepared, tasks)
-        await ack()
-        if busy:
-            log.warning("action dropped while busy: %s", busy)
+            accepted = await dispatcher.acknowledge(dispatcher.prepare_action(inv), tasks)
+            if accepted.state == "not_recorded":
+                failed = inv
+        if failed is None:
+            await ack()
+            return None
+        log.error("button click %s not recorded: the database is unavailable", failed.action_id)
+        if container.core.direct_reply is not None:
+            await asyncio.to_thread(container.core.direct_reply, failed.response_url, failed.channel_id,
+                                    failed.actor.user_id, Reply(NOT_RECORDED))
+        return BoltResponse(status=503, body="")
 
     @app.event("app_home_opened")
-    async def on_home(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any]) -> None:
+    async def on_home(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any]) -> BoltResponse | None:
         # Events API retries (X-Slack-Retry-Num) carry the same event_id: claimed once in the job
         event_key = f"evt:{body.get('event_id') or event.get('event_ts', '')}"
         prepared = dispatcher.prepare_home(str(event.get("user") or ""), event_key)
-        busy = dispatcher.launch(prepared, tasks)
+        accepted = await dispatcher.acknowledge(prepared, tasks)
+        if accepted.state == "not_recorded":
+            return BoltResponse(status=503, body="")  # not a 2xx: Slack delivers the event again later
         await ack()
-        if busy:
-            log.warning("app_home_opened dropped while busy")
+        return None
 
     return app
