@@ -183,6 +183,10 @@ class Environment(_Strict):
     stop_trading: bool = Field(True, description="default procedure: stop trading for rolling/blue-green")
     approval_ttl_minutes: float = Field(30.0, gt=0, le=1440)
     lock_ttl_minutes: float = Field(180.0, gt=0, le=10080)
+    trading_deployments: list[str] | None = Field(None, description="the Deployments the kill switch scales to "
+                                                  "0 when the trading API cannot halt (default: the deployment)")
+    stop_verify_seconds: float = Field(30.0, ge=1, le=600, description="/stop-trading: how long the trading "
+                                       "API gets to show no bots trading and no open orders")
     rollback_deadline_seconds: float = Field(1800.0, ge=10, le=86400, description="how long a rollback step "
                                              "retries transient faults before the run needs a person")
     rollout_timeout_seconds: float = Field(600.0, ge=5)

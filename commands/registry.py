@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from commands import audit, deploy, help, status
+from commands import audit, deploy, help, status, trading
 from commands.dispatch import ActionEntry, CommandEntry
 
 
@@ -19,4 +19,6 @@ def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:
         commands[entry.spec.name] = entry
     for action in deploy_actions:
         actions[action.action_id] = action
+    for entry in trading.make_entries():
+        commands[entry.spec.name] = entry
     return commands, actions

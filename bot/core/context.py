@@ -27,3 +27,4 @@ class Core:
     deploy: Any = None  # bot.core.workflows.deploy.service.DeployService, wired by the container
     runs: Any = None  # bot.core.runs.store.RunStore
     executor: Any = None  # bot.core.runs.engine.Executor (continue_rollback)
+    stop_trading: Any = None  # bot.core.workflows.trading.stop.StopTradingService

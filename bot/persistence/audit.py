@@ -12,12 +12,12 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from json.encoder import encode_basestring as _escape  # type: ignore[attr-defined]
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select, update

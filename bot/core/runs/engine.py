@@ -48,6 +48,10 @@ HELD_FOR_A_PERSON = timedelta(days=30)
 _EXECUTING = [s.value for s in EXECUTING]
 
 
+def workflow_of(store: RunStore, run: Run) -> Workflow:
+    return store.workflow(run)
+
+
 def effects_of(steps: Sequence[RunStep]) -> list[Change]:
     return left_changed(from_steps([s.data for s in steps]))
 
@@ -230,6 +234,9 @@ class Executor:
                     self._start_rollback(run_id, f"aborted by <@{run.abort_requested_by}>")
                     continue
                 failed = [s for s in main if s.status == StepStatus.failed.value]
+                if failed and not workflow_of(self.store, run).compensates:
+                    self._finish(run_id, RunState.failed, f"“{failed[0].name}” failed: {failed[0].detail}")
+                    return
                 if failed:  # a failure whose rollback never started (crash or engine error in between)
                     self._start_rollback(run_id, f"“{failed[0].name}” failed: {failed[0].detail}")
                     continue
@@ -309,7 +316,10 @@ class Executor:
                              phase=step.phase, detail=detail)
             self.store.refresh_message(session, live)
         if failure is not None and phase == Phase.main:
-            self._start_rollback(run.id, f"“{step.name}” failed: {failure}")
+            if workflow.compensates:
+                self._start_rollback(run.id, f"“{step.name}” failed: {failure}")
+            else:  # nothing to undo (a safety action): the run failed, and says what it could not do
+                self._finish(run.id, RunState.failed, f"“{step.name}” failed: {failure}")
         # rollback phase: the loop sees the failed step and ends the run as failed
 
     def _call(self, ctx: StepContext, workflow: Workflow, run: Run,
@@ -452,7 +462,7 @@ class Executor:
             self.store.transition(session, run, state)
             run.finished_at = utcnow()
             run.outcome = outcome
-            if state == RunState.failed:
+            if state == RunState.failed and workflow.takes_lock:
                 locks.hold(session, run.environment, run.id, HELD_FOR_A_PERSON,
                            reason=f"rollback of run {run.id} could not finish; `/rollback --env {run.environment}` "
                                   "continues it")
@@ -468,11 +478,15 @@ class Executor:
             icon = {RunState.succeeded: "✅", RunState.rolled_back: "⏪"}.get(state, "🚨")
             self.store.thread(session, run, f"{icon} Finished: {outcome} (took {took}).")
             if state == RunState.failed:
+                now = "\nWhat the backends show now:\n• " + "\n• ".join(seen) if seen else ""
+                after = (f"\nThe environment stays locked; `/rollback --env {run.environment}` continues the "
+                         "rollback." if workflow.takes_lock else "")
                 self.store.alert(session, run, f":rotating_light: {workflow.title(run)} FAILED and needs a person: "
-                                               f"{outcome}" + ("\nWhat the backends show now:\n• " + "\n• ".join(seen)
-                                                               if seen else "")
-                                 + f"\nThe environment stays locked; `/rollback --env {run.environment}` continues "
-                                   "the rollback.")
+                                               f"{outcome}{now}{after}")
             elif state == RunState.rolled_back:
                 self.store.alert(session, run, f"{workflow.title(run)} rolled back: {run.rollback_reason}")
+            else:
+                workflow_alert = workflow.final_alert(run, state)
+                if workflow_alert:
+                    self.store.alert(session, run, workflow_alert)
             self.store.refresh_message(session, run)

@@ -35,6 +35,8 @@ class Workflow(Protocol):
     kind: str  # stored in runs.kind: "deploy", "stop_trading", ...
     audit_prefix: str  # audit actions are "<prefix>.step.start", "<prefix>.succeeded", ...
     handlers: Mapping[str, Handler]  # step kind -> handler, for main and rollback steps
+    compensates: bool  # False: a failed main step ends the run failed (nothing to undo, e.g. a stop)
+    takes_lock: bool  # the run holds the environment's lock (and keeps it when it fails)
 
     def plan_of(self, run: Run) -> Any:
         """The run's typed plan, read from its stored JSON (what handlers see as `ctx.plan`)."""
@@ -73,6 +75,10 @@ class Workflow(Protocol):
     def inspect(self, run: Run) -> list[str]:
         """A live look at what the run's backends show now (best effort; each part may be "unknown: why"),
         for a run that needs a person."""
+        ...
+
+    def final_alert(self, run: Run, state: RunState) -> str | None:
+        """What the incident channel hears when the run succeeded (None: nothing)."""
         ...
 
     def finished(self, session: Session, run: Run, state: RunState, left: Sequence[Change]) -> None:

@@ -31,6 +31,8 @@ DEFAULT_ROLLBACK_DEADLINE = 1800.0
 class DeployWorkflow:
     kind = KIND
     audit_prefix = "deploy"
+    compensates = True
+    takes_lock = True
 
     def __init__(self, config: Config, backends: Callable[[str], EnvBackends]) -> None:
         self.config = config
@@ -110,6 +112,9 @@ class DeployWorkflow:
                     f"maintenance {'on' if st.maintenance else 'off'}")
         part("trading", trading)
         return out
+
+    def final_alert(self, run: Run, state: RunState) -> str | None:
+        return None
 
     def finished(self, session: Session, run: Run, state: RunState, left: Sequence[Change]) -> None:
         """A forced deploy lifted a freeze: put the freeze back (if it has not expired) and tell its holder."""
