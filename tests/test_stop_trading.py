@@ -1,6 +1,8 @@
 """/stop-trading on the simulated backends: operators only, no approval, acts at once, verifies the halt,
 records it so no deploy resumes trading behind the operator's back, tells the incident channel."""
 
+# ruff: noqa: F811  - fixtures imported from tests/test_deploy_support.py are test parameters here
+
 from __future__ import annotations
 
 from bot.core import halts
