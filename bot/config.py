@@ -185,6 +185,12 @@ class Environment(_Strict):
     lock_ttl_minutes: float = Field(180.0, gt=0, le=10080)
     trading_deployments: list[str] | None = Field(None, description="the Deployments the kill switch scales to "
                                                   "0 when the trading API cannot halt (default: the deployment)")
+    resume_approvals_required: int | None = Field(None, ge=0, le=10, description="/resume-trading approvals "
+                                                  "(default: 1 where deploys need approval, else 0)")
+    resume_fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0],
+                                          description="/resume-trading --gradual: the share of bots per stage")
+    resume_window_seconds: float = Field(900.0, ge=0, le=7200, description="/resume-trading --gradual: the "
+                                         "KPI monitoring window between stages (runbook 5.4: 15 minutes)")
     stop_verify_seconds: float = Field(30.0, ge=1, le=600, description="/stop-trading: how long the trading "
                                        "API gets to show no bots trading and no open orders")
     rollback_deadline_seconds: float = Field(1800.0, ge=10, le=86400, description="how long a rollback step "

@@ -20,6 +20,7 @@ from bot.core.runs.store import RunStore
 from bot.core.runs.workflow import Registry
 from bot.core.workflows.deploy.service import DeployService
 from bot.core.workflows.deploy.workflow import DeployWorkflow
+from bot.core.workflows.trading.resume import ResumeTradingService, ResumeTradingWorkflow
 from bot.core.workflows.trading.stop import StopTradingService, StopTradingWorkflow
 from bot.metrics import Metrics
 from bot.outbox import Outbox, OutboxWorker, Transport
@@ -137,6 +138,8 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     store = RunStore(config, outbox, env_backends.__getitem__, workflows)
     deploy_workflow.store = store
     workflows.add(StopTradingWorkflow(config, env_backends.__getitem__))
+    resume_workflow = ResumeTradingWorkflow(config, env_backends.__getitem__)
+    workflows.add(resume_workflow)
     deploy = DeployService(config, authorizer, store, default_check_settings)
     core = Core(config=config, authorizer=authorizer, db=db, outbox=outbox, backends=backends,
                 direct_reply=_direct_reply(transport), deploy=deploy)
@@ -148,6 +151,8 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     executor = Executor(db, store, lease_seconds=settings.deploy_lease_seconds, metrics=metrics)
     core.runs = store
     core.stop_trading = StopTradingService(config, store)
+    core.resume_trading = ResumeTradingService(config, store, default_check_settings)
+    resume_workflow.store = store
     core.executor = executor
     owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
     pending = PendingRunner(db, tasks, dispatcher.rebuild, owner=owner)

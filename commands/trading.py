@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bot.config import Role
 from bot.core.model import Reply
+from bot.core.workflows.trading.resume import ResumeTradingService
 from bot.core.workflows.trading.stop import StopTradingService
 from bot.errors import UnknownEnvironment
 from commands.dispatch import CommandEntry, Ctx
@@ -62,5 +63,41 @@ def _run_stop(cmd: StopTrading, ctx: Ctx) -> Reply:
                              emergency=cmd.emergency)
 
 
+@dataclass(frozen=True)
+class ResumeTrading:
+    env: str | None = None
+    gradual: bool = False
+    reason: str | None = None
+
+
+RESUME_SPEC = CommandSpec(
+    name="resume-trading",
+    summary="turn trading back on (approval in production), gradually with KPI windows if asked",
+    target=ResumeTrading,
+    flags=(
+        Flag("env", "environment (default: the config's default_environment)", env_value, metavar="ENV"),
+        Flag("gradual", "10 → 25 → 50 → 100 % of bots (configurable) with a KPI monitoring window between stages "
+                        "(runbook 5.4: 15 minutes)"),
+        Flag("reason", "why (shown in the plan and the audit log)", text_value, metavar="TEXT"),
+    ),
+    examples=("/resume-trading --env production --gradual --reason \"fills fixed\"",),
+)
+
+
+def _authorize_resume(cmd: ResumeTrading, ctx: Ctx) -> str | None:
+    env = _env_of(ctx, cmd.env)
+    ctx.core.authorizer.require(ctx.actor, Role.operator, env, f"resume trading in {env}")
+    return env
+
+
+def _run_resume(cmd: ResumeTrading, ctx: Ctx) -> Reply:
+    env = _env_of(ctx, cmd.env)
+    assert ctx.session is not None
+    svc: ResumeTradingService = ctx.core.resume_trading
+    return svc.request(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id, correlation_id=ctx.correlation_id,
+                       env_name=env, reason=cmd.reason, gradual=cmd.gradual)
+
+
 def make_entries() -> list[CommandEntry]:
-    return [CommandEntry(STOP_SPEC, _authorize_stop, _run_stop, needs_db=True)]
+    return [CommandEntry(STOP_SPEC, _authorize_stop, _run_stop, needs_db=True),
+            CommandEntry(RESUME_SPEC, _authorize_resume, _run_resume, needs_db=True)]

@@ -5,8 +5,16 @@ records it so no deploy resumes trading behind the operator's back, tells the in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from bot.core import halts
+from tests.harness.slack_api import FakeSlack
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
+    BOB,
     ERIN,
     STAGING_INCIDENT,
     Deployer,
@@ -14,6 +22,8 @@ from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     deployer,
     fake_slack,
     sqlite_url,
+    start_deploy_bot,
+    write_config,
 )
 
 
@@ -76,3 +86,63 @@ def test_bad_arguments_get_a_usage_error(deployer: Deployer) -> None:
     assert "nowhere" in reply and "/stop-trading" in reply
     reply = deployer.command("/stop-trading", "--env staging --emergncy", ERIN)
     assert "--emergncy" in reply
+
+
+# --- /resume-trading -------------------------------------------------------------------------------------
+def quick_resume(data: dict[str, Any]) -> None:
+    staging = data["environments"]["staging"]
+    staging.update(resume_window_seconds=2, resume_fractions=[0.1, 0.5, 1.0], canary={"interval_seconds": 5})
+
+
+@pytest.fixture
+def resumer(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Deployer]:
+    d = start_deploy_bot(fake_slack, f"sqlite:///{tmp_path}/r.db", write_config(tmp_path, quick_resume))
+    yield d
+    d.stop()
+
+
+def test_resume_after_a_stop_turns_trading_on_and_lifts_the_halt(resumer: Deployer) -> None:
+    resumer.wait_state(run_of(stop(resumer)))
+    reply = resumer.command("/resume-trading", "--env staging --reason 'fixed'", ERIN)
+    run = resumer.wait_state(run_of(reply))
+    assert run.state == "succeeded", run.outcome
+    assert resumer.sim("staging").trading.status().trading
+    assert ("start", 1.0) in resumer.sim("staging").trading.history
+    with resumer.container.db.read() as session:
+        assert halts.current(session, "staging") is None
+
+
+def test_gradual_resume_goes_stage_by_stage_watching_the_kpis(resumer: Deployer) -> None:
+    resumer.wait_state(run_of(stop(resumer)))
+    run = resumer.wait_state(run_of(resumer.command("/resume-trading", "--env staging --gradual", ERIN)), timeout=60)
+    assert run.state == "succeeded", run.outcome
+    starts = [v for k, v in resumer.sim("staging").trading.history if k == "start"]
+    assert starts == [0.1, 0.5, 1.0]
+    verdicts = resumer.audit("trading.resume.analysis", run.id)
+    assert len(verdicts) >= 2 and all(r["outcome"] == "pass" for r in verdicts)
+
+
+def test_bad_kpis_during_a_gradual_resume_halt_trading_again(resumer: Deployer) -> None:
+    resumer.wait_state(run_of(stop(resumer)))
+    resumer.sim("staging").metrics.set("error_rate", 0.2)
+    run = resumer.wait_state(run_of(resumer.command("/resume-trading", "--env staging --gradual", ERIN)), timeout=60)
+    assert run.state == "rolled_back", run.outcome
+    assert "KPIs at 10% of bots" in (run.rollback_reason or "") and "HALTED again" in (run.outcome or "")
+    assert not resumer.sim("staging").trading.status().trading  # halted again, as the run says
+    assert [v for k, v in resumer.sim("staging").trading.history if k == "start"] == [0.1]
+    with resumer.container.db.read() as session:
+        assert halts.current(session, "staging") is not None
+
+
+def test_resume_in_production_needs_an_approval(resumer: Deployer) -> None:
+    resumer.wait_state(run_of(resumer.command("/stop-trading", "--env production", ERIN)))
+    reply = resumer.command("/resume-trading", "--env production", ERIN)
+    assert "needs 1 approval" in reply
+    run_id = run_of(reply)
+    assert resumer.run(run_id).state == "pending_approval"
+    assert not resumer.sim("production").trading.status().trading
+    assert "may not approve" in resumer.click(run_id, "Approve", ERIN)  # erin operates, does not approve
+    resumer.click(run_id, "Approve", BOB)
+    run = resumer.wait_state(run_id)
+    assert run.state == "succeeded", run.outcome
+    assert resumer.sim("production").trading.status().trading

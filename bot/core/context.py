@@ -28,3 +28,4 @@ class Core:
     runs: Any = None  # bot.core.runs.store.RunStore
     executor: Any = None  # bot.core.runs.engine.Executor (continue_rollback)
     stop_trading: Any = None  # bot.core.workflows.trading.stop.StopTradingService
+    resume_trading: Any = None  # bot.core.workflows.trading.resume.ResumeTradingService

@@ -165,12 +165,16 @@ class DeployService:
 
     # --- buttons --------------------------------------------------------------------------------------
     def approve(self, session: Session, *, actor: Actor, run_id: str, env_name: str, hash_prefix: str) -> Reply:
-        run = self.load(session, run_id)
+        """Approve any run waiting for approval (a deploy, a resume of trading, ...), bound to its plan hash."""
+        run = self.store.load(session, run_id)
         if run.environment != env_name:
             raise CommandError("this button does not belong to that run")
-        self.authorizer.require(actor, Role.approver, run.environment, f"approve deploys to {run.environment}")
+        workflow = self.store.workflow(run)
+        what = "deploys to" if run.kind == KIND else f"{workflow.title(run).lower()} in"
+        self.authorizer.require(actor, Role.approver, run.environment, f"approve {what} {run.environment}")
         if actor.user_id == run.requested_by:
-            raise PermissionDenied("you requested this deploy; someone else must approve it",
+            raise PermissionDenied(f"you requested this {'deploy' if run.kind == KIND else 'run'}; someone else "
+                                   "must approve it",
                                    role="approver (not the requester)", environment=run.environment)
         if run.state != RunState.pending_approval:
             raise Conflict(f"run {run.id} is {run.state}; approvals are closed")
@@ -187,12 +191,13 @@ class DeployService:
         session.flush()
         count = session.execute(select(func.count()).select_from(Approval)
                                 .where(Approval.run_id == run.id, Approval.plan_hash == run.plan_hash)).scalar_one()
-        self.audit(session, run, actor, "deploy.approve", "ok", approvals=count, required=run.approvals_required)
+        self.audit(session, run, actor, f"{workflow.audit_prefix}.approve", "ok", approvals=count,
+                   required=run.approvals_required)
         if count >= run.approvals_required:
             self.transition(session, run, RunState.queued)
             ttl = timedelta(minutes=self.env(run.environment).lock_ttl_minutes)
             locks.extend(session, run.environment, run.id, ttl)
-            self.audit(session, run, None, "deploy.approved", "queued", approvals=count)
+            self.audit(session, run, None, f"{workflow.audit_prefix}.approved", "queued", approvals=count)
             self.store.wake_after_commit(session)
         self.refresh_message(session, run)
         left = run.approvals_required - count
@@ -200,7 +205,8 @@ class DeployService:
                                                   " All approvals are in: starting."))
 
     def abort(self, session: Session, *, actor: Actor, run_id: str, env_name: str) -> Reply:
-        run = self.load(session, run_id)
+        run = self.store.load(session, run_id)
+        prefix = self.store.workflow(run).audit_prefix
         if run.environment != env_name:
             raise CommandError("this button does not belong to that run")
         allowed = (actor.user_id == run.requested_by
@@ -216,7 +222,7 @@ class DeployService:
             run.finished_at = utcnow()
             run.outcome = f"aborted by {actor.label} before anything changed"
             locks.release(session, run.environment, run_id=run.id)
-            self.audit(session, run, actor, "deploy.abort", "aborted", state_before=state.value)
+            self.audit(session, run, actor, f"{prefix}.abort", "aborted", state_before=state.value)
             self.refresh_message(session, run)
             return Reply(f"Run {run.id} aborted; nothing was changed.")
         if state == RunState.running:
@@ -224,10 +230,12 @@ class DeployService:
                 return Reply(f"Run {run.id} is already being aborted.")
             run.abort_requested_by = actor.user_id
             run.version_no += 1
-            self.audit(session, run, actor, "deploy.abort", "rollback_requested", state_before=state.value)
+            self.audit(session, run, actor, f"{prefix}.abort", "rollback_requested", state_before=state.value)
             self.thread(session, run, f":octagonal_sign: {actor.label} aborted the run: rolling back.")
             self.refresh_message(session, run)
             self.store.wake_after_commit(session)
+            if run.kind != KIND:
+                return Reply(f"Aborting run {run.id}: undoing what it did.")
             return Reply(f"Aborting run {run.id}: rolling back to {subject(run).previous_image}.")
         raise Conflict(f"run {run.id} is {run.state}; there is nothing to abort")
 
