@@ -185,6 +185,8 @@ class Environment(_Strict):
     lock_ttl_minutes: float = Field(180.0, gt=0, le=10080)
     trading_deployments: list[str] | None = Field(None, description="the Deployments the kill switch scales to "
                                                   "0 when the trading API cannot halt (default: the deployment)")
+    rollback_approvals_required: int | None = Field(None, ge=0, le=10, description="/rollback approvals "
+                                                    "(default: 1 where deploys need approval, else 0)")
     resume_approvals_required: int | None = Field(None, ge=0, le=10, description="/resume-trading approvals "
                                                   "(default: 1 where deploys need approval, else 0)")
     resume_fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0],

@@ -19,7 +19,7 @@ from bot.core.runs.engine import Executor
 from bot.core.runs.store import RunStore
 from bot.core.runs.workflow import Registry
 from bot.core.workflows.deploy.service import DeployService
-from bot.core.workflows.deploy.workflow import DeployWorkflow
+from bot.core.workflows.deploy.workflow import DeployWorkflow, RollbackWorkflow
 from bot.core.workflows.trading.resume import ResumeTradingService, ResumeTradingWorkflow
 from bot.core.workflows.trading.stop import StopTradingService, StopTradingWorkflow
 from bot.metrics import Metrics
@@ -135,8 +135,10 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     workflows = Registry()
     deploy_workflow = DeployWorkflow(config, env_backends.__getitem__)
     workflows.add(deploy_workflow)
+    rollback_workflow = RollbackWorkflow(config, env_backends.__getitem__)
+    workflows.add(rollback_workflow)
     store = RunStore(config, outbox, env_backends.__getitem__, workflows)
-    deploy_workflow.store = store
+    deploy_workflow.store = rollback_workflow.store = store
     workflows.add(StopTradingWorkflow(config, env_backends.__getitem__))
     resume_workflow = ResumeTradingWorkflow(config, env_backends.__getitem__)
     workflows.add(resume_workflow)

@@ -245,8 +245,53 @@ def _run_tick(value: dict[str, Any], ctx: Ctx) -> Reply:
     return _svc(ctx).tick(ctx.session, actor=ctx.actor, run_id=value["run"], env_name=value["env"], step_idx=step)
 
 
+# --- /rollback ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rollback:
+    env: str | None = None
+    to: str | None = None
+    reason: str | None = None
+
+
+ROLLBACK_SPEC = CommandSpec(
+    name="rollback",
+    summary="roll back to the previous version by runbook 8.2, or continue a rollback that could not finish",
+    target=Rollback,
+    flags=(
+        Flag("env", "environment (default: the config's default_environment)", env_value, metavar="ENV"),
+        Flag("to", "the version to go back to (default: the one before the live version)", version_value,
+             metavar="VERSION"),
+        Flag("reason", "why (shown in the plan, the incident channel and the audit log)", text_value,
+             metavar="TEXT"),
+    ),
+    examples=("/rollback --env production --reason \"fills broken\"", "/rollback --env production --to v2.2.0"),
+)
+
+
+def _authorize_rollback(cmd: Rollback, ctx: Ctx) -> str | None:
+    env = _env_of(ctx, cmd.env)
+    ctx.core.authorizer.require(ctx.actor, Role.deployer, env, f"roll back {env}")
+    return env
+
+
+def _prefetch_rollback(cmd: Rollback, ctx: Ctx) -> str:
+    env = _env_of(ctx, cmd.env)
+    svc = _svc(ctx)
+    return svc.backends(env).cluster.current_image(svc.ref(svc.env(env)))
+
+
+def _run_rollback(cmd: Rollback, ctx: Ctx) -> Reply:
+    env = _env_of(ctx, cmd.env)
+    assert ctx.session is not None
+    return _svc(ctx).rollback(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,
+                              correlation_id=ctx.correlation_id, env_name=env, to=cmd.to, reason=cmd.reason,
+                              current_image=ctx.prefetched, executor=ctx.core.executor)
+
+
 def make_entries() -> tuple[list[CommandEntry], list[ActionEntry]]:
     return ([CommandEntry(SPEC, _authorize_deploy, _run_deploy, needs_db=True, prefetch=_prefetch_deploy),
+             CommandEntry(ROLLBACK_SPEC, _authorize_rollback, _run_rollback, needs_db=True,
+                          prefetch=_prefetch_rollback),
              CommandEntry(LOCK_SPEC, _authorize_lock, _run_lock, needs_db=True),
              CommandEntry(UNLOCK_SPEC, _authorize_unlock, _run_unlock, needs_db=True)],
             [ActionEntry(ActionId.deploy_approve, _authorize_approve, _run_approve),

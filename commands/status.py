@@ -83,7 +83,7 @@ def _live(ctx: Ctx, env: str) -> str:
     holder = locks.current(ctx.session, env)
     lines.append(f"\n:lock: {holder.describe()}" if holder else "\nLock: free")
     for run in ctx.core.deploy.active_runs(ctx.session, env):
-        subj = subject_of(run) if run.kind == "deploy" else None
+        subj = subject_of(run) if run.kind in ("deploy", "rollback") else None
         what = f"{subj.version} ({subj.strategy})" if subj else run.kind.replace("_", " ")
         lines.append(f"\nRun `{run.id}`: {what} — {STATE_TEXT[RunState(run.state)]}, "
                      f"requested by {run.requested_name or run.requested_by}")

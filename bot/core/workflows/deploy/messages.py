@@ -54,11 +54,12 @@ def _who(user_id: str | None, name: str | None) -> str:
     return name or (f"<@{user_id}>" if user_id else "?")
 
 
-def render_run(run: Run, steps: list[RunStep], approvals: list[Approval]) -> Reply:
+def render_run(run: Run, steps: list[RunStep], approvals: list[Approval], *, title: str | None = None,
+               footer: str | None = None) -> Reply:
     state = RunState(run.state)
     plan: dict[str, Any] = run.plan
     subj = subject_of(run)
-    title = f"Deploy {subj.version} → {run.environment} ({subj.strategy})"
+    title = title or f"Deploy {subj.version} → {run.environment} ({subj.strategy})"
     facts = [
         ("Requested by", _who(run.requested_by, run.requested_name)),
         ("State", STATE_TEXT[state]),
@@ -91,6 +92,8 @@ def render_run(run: Run, steps: list[RunStep], approvals: list[Approval]) -> Rep
     buttons = _buttons(run, state, deploy_steps)
     if buttons:
         body.append(blocks.actions(*buttons, block_id=f"run:{run.id}"))
+    if footer and state in (RunState.succeeded, RunState.rolled_back, RunState.failed):
+        body.append(blocks.section(footer))
     body.append(blocks.context(f"run `{run.id}` · plan `{run.plan_hash[:12]}`"))
     text = f"{title}: {STATE_TEXT[state]}"
     return Reply(text, blocks.message(*body), ephemeral=False)

@@ -43,6 +43,24 @@ def default_procedure(env: Environment) -> list[StepSettings]:
     return steps
 
 
+def rollback_procedure(env: Environment) -> list[StepSettings]:
+    """Runbook 8.2: stop trading, maintenance on, roll the application back, verify, maintenance off,
+    resume trading gradually (the incident channel is told when the run starts and ends)."""
+    steps = [StepSettings(kind="precheck", name="Pre-checks")]
+    if env.stop_trading:
+        steps += [StepSettings(kind="trading_stop", name="Stop trading (runbook 8.2 step 1)"),
+                  StepSettings(kind="maintenance_on", name="Maintenance mode on")]
+    steps += [StepSettings(kind="rollout", name="Roll the application back (runbook 8.2 step 2)"),
+              StepSettings(kind="health", name="Verify: health checks and smoke tests (runbook 8.2 step 4)")]
+    if env.stop_trading:
+        resume = next((s for s in env.procedure or default_procedure(env) if s.kind == "trading_resume"), None)
+        steps += [StepSettings(kind="maintenance_off", name="Maintenance mode off"),
+                  StepSettings(kind="trading_resume", name="Resume trading gradually (runbook 8.2 step 5)",
+                               fractions=resume.fractions if resume else [0.25, 0.5, 1.0],
+                               pause_seconds=resume.pause_seconds if resume else 60.0)]
+    return steps
+
+
 def _rollout_estimate(env: Environment, strategy: str) -> float:
     if strategy == "canary":
         c = env.canary
@@ -53,11 +71,12 @@ def _rollout_estimate(env: Environment, strategy: str) -> float:
 
 
 def build_plan(*, env_name: str, env: Environment, version: str, strategy: str, current_image: str,
-               checks: list[CheckSettings], reason: str | None, requested_by: str) -> dict[str, Any]:
+               checks: list[CheckSettings], reason: str | None, requested_by: str,
+               procedure: list[StepSettings] | None = None) -> dict[str, Any]:
     image = f"{env.image}:{version}"
     jobs = {j.name: j for j in env.jobs}
     steps: list[dict[str, Any]] = []
-    for spec in env.procedure or default_procedure(env):
+    for spec in procedure or env.procedure or default_procedure(env):
         if spec.strategies and strategy not in spec.strategies:
             continue
         kind = spec.kind

@@ -16,20 +16,20 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.config import CheckSettings, Config, Environment, Role
+from bot.config import CheckSettings, Config, Environment, Role, StepSettings
 from bot.core import locks
 from bot.core.model import Actor, Reply
 from bot.core.ports import EnvBackends, WorkloadRef
 from bot.core.rbac import Authorizer
 from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
-from bot.core.workflows.deploy.messages import render_run
 from bot.core.workflows.deploy.plan import (
     DeploySubject,
     build_plan,
     describe_duration,
     plan_hash,
     plan_steps,
+    rollback_procedure,
     subject_of,
 )
 from bot.errors import CommandError, Conflict, NotFound, PermissionDenied
@@ -91,8 +91,10 @@ class DeployService:
     # --- /deploy ------------------------------------------------------------------------------------
     def request(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
                 env_name: str, version: str, strategy: str, dry_run: bool, reason: str | None,
-                force: bool, current_image: str | None = None) -> Reply:
+                force: bool, current_image: str | None = None, kind: str = KIND,
+                procedure: list[StepSettings] | None = None, approvals: int | None = None) -> Reply:
         env = self.env(env_name)
+        required = env.approvals_required if approvals is None else approvals
         if current_image is None:
             current_image = self.live_image(env_name, version)
         image = f"{env.image}:{version}"
@@ -100,12 +102,14 @@ class DeployService:
             raise Conflict(f"{env_name} already runs {image}; nothing to deploy")
         checks = env.analysis if env.analysis is not None else self.default_checks()
         plan = build_plan(env_name=env_name, env=env, version=version, strategy=strategy,
-                          current_image=current_image, checks=checks, reason=reason, requested_by=actor.user_id)
+                          current_image=current_image, checks=checks, reason=reason, requested_by=actor.user_id,
+                          procedure=procedure)
+        plan["approvals_required"] = required
         run_id = "r-" + secrets.token_hex(4)
         now = utcnow()
         if dry_run:
             state = RunState.dry_run
-        elif env.approvals_required > 0:
+        elif required > 0:
             state = RunState.pending_approval
         else:
             state = RunState.queued
@@ -121,11 +125,11 @@ class DeployService:
             ttl = timedelta(minutes=env.approval_ttl_minutes if state == RunState.pending_approval
                             else env.lock_ttl_minutes)
             locks.acquire(session, env_name, kind="run", run_id=run_id, held_by=actor.user_id,
-                          held_by_name=actor.name, reason=f"deploy {version}", ttl=ttl)
+                          held_by_name=actor.name, reason=f"{kind} {version}", ttl=ttl)
         subj = DeploySubject(version, image, current_image, strategy)
-        run = Run(id=run_id, kind=KIND, environment=env_name, subject=subj.to_json(), dry_run=dry_run, reason=reason,
+        run = Run(id=run_id, kind=kind, environment=env_name, subject=subj.to_json(), dry_run=dry_run, reason=reason,
                   requested_by=actor.user_id, requested_name=actor.name, channel=env.channels.deploy, plan=plan,
-                  plan_hash=plan_hash(plan), approvals_required=env.approvals_required, state=state.value,
+                  plan_hash=plan_hash(plan), approvals_required=required, state=state.value,
                   version_no=1, created_at=now, correlation_id=correlation_id,
                   expires_at=now + timedelta(minutes=env.approval_ttl_minutes)
                   if state == RunState.pending_approval else None)
@@ -134,9 +138,10 @@ class DeployService:
             session.add(RunStep(run_id=run_id, idx=step.idx, phase=Phase.main.value, kind=step.kind, name=step.name,
                                 status=StepStatus.pending.value, attempts=0, data={}))
         session.flush()
-        self.audit(session, run, actor, "deploy.plan", state.value, version=version, strategy=strategy,
+        self.audit(session, run, actor, f"{kind}.plan", state.value, version=version, strategy=strategy,
                    plan_hash=run.plan_hash, previous_image=current_image, dry_run=dry_run, reason=reason)
-        self.outbox.post(session, run.channel, render_run(run, self.steps(session, run_id), []), key=run_key(run_id))
+        self.outbox.post(session, run.channel, self.store.workflow(run).render(run, self.steps(session, run_id), []),
+                         key=run_key(run_id))
         if broke is not None:
             self.audit(session, run, actor, "lock.break_glass", "forced", broke_lock=broke.describe(markup=False))
             self.outbox.post(session, run.channel, Reply(
@@ -148,11 +153,56 @@ class DeployService:
         if dry_run:
             return Reply(f"Dry run: the plan for {version} → {env_name} is posted{where} (run `{run_id}`). "
                          "Nothing will be changed.")
+        what = f"{version} → {env_name}" if kind == KIND else f"the rollback of {env_name} to {version}"
         if state == RunState.pending_approval:
-            return Reply(f"Plan for {version} → {env_name} posted{where} (run `{run_id}`); it needs "
-                         f"{env.approvals_required} approval(s) from approvers other than you within "
+            return Reply(f"Plan for {what} posted{where} (run `{run_id}`); it needs "
+                         f"{required} approval(s) from approvers other than you within "
                          f"{describe_duration(env.approval_ttl_minutes * 60)}.")
+        if kind != KIND:
+            return Reply(f"Rolling {env_name} back to {version} (run `{run_id}`); "
+                         f"follow it{where or ' in the channel'}.")
         return Reply(f"Deploying {version} → {env_name} (run `{run_id}`); follow it{where or ' in the channel'}.")
+
+    # --- /rollback ----------------------------------------------------------------------------------
+    def previous_version(self, session: Session, env_name: str, live_image: str) -> str | None:
+        """The version before the live one: the newest finished deploy that put the live image there."""
+        rows = session.execute(select(Run).where(Run.environment == env_name, Run.kind.in_([KIND, "rollback"]),
+                                                 Run.state == RunState.succeeded.value)
+                               .order_by(Run.finished_at.desc()).limit(50)).scalars()
+        for run in rows:
+            subj = subject_of(run)
+            if subj.image == live_image and subj.previous_image and ":" in subj.previous_image:
+                return subj.previous_image.rsplit(":", 1)[1]
+        return None
+
+    def rollback(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
+                 env_name: str, to: str | None, reason: str | None, current_image: str | None,
+                 executor: Any) -> Reply:
+        """`/rollback`: continue a run whose rollback could not finish, else roll back to the previous version
+        (or `to`) by runbook 8.2."""
+        holder = locks.current(session, env_name)
+        if holder is not None and holder.run_id:
+            held = self.store.load(session, holder.run_id)
+            if held.state == RunState.failed.value:
+                executor.continue_rollback(session, held, actor)
+                return Reply(f"Continuing the rollback of run `{held.id}` in {env_name}; follow it in "
+                             f"<#{held.channel}>.")
+        env = self.env(env_name)
+        live = current_image or ""
+        version = to or self.previous_version(session, env_name, live)
+        if version is None:
+            raise CommandError(f"no earlier version of {env_name} is known to the bot (the live image is {live})",
+                               hint=f"Name it: `/rollback --env {env_name} --to VERSION`.")
+        if not env.tag_allowed(version):
+            raise CommandError(f"version {version} is not allowed in {env_name}",
+                               hint=f"{env_name} accepts tags matching `{env.allowed_tags}`.")
+        required = env.rollback_approvals_required
+        if required is None:
+            required = 1 if env.approvals_required > 0 else 0
+        return self.request(session, actor=actor, channel_id=channel_id, correlation_id=correlation_id,
+                            env_name=env_name, version=version, strategy="rolling", dry_run=False, reason=reason,
+                            force=False, current_image=live, kind="rollback", procedure=rollback_procedure(env),
+                            approvals=required)
 
     def live_image(self, env_name: str, version: str) -> str:
         """Check the version against the environment's tag pattern, then read the live image (a network

@@ -138,3 +138,56 @@ class DeployWorkflow:
         self.store.thread(session, run, f":lock: {note}")
         self.store.audit(session, run, None, "lock.freeze_restored" if "restored now" in note else "lock.freeze_lifted",
                          "ok", freezer=who)
+
+
+#: runbook 8.3, posted with a finished rollback
+POST_ROLLBACK_CHECKLIST = (
+    "Verify all services are healthy",
+    "Check trading positions are correct",
+    "Confirm no data loss",
+    "Notify stakeholders of the rollback",
+    "Schedule a post-mortem",
+    "Document the root cause",
+    "Create tickets to fix the issue",
+)
+RUNBOOK_ROLLBACK_TARGET_SECONDS = 900.0  # runbook 9.2 / 8.2: a rollback within 15 minutes
+
+
+class RollbackWorkflow(DeployWorkflow):
+    """`/rollback`: runbook 8.2 as a durable run — the deploy machinery pointed at the previous version."""
+
+    kind = "rollback"
+    audit_prefix = "rollback"
+
+    def title(self, run: Run) -> str:
+        return f"Rollback of {run.environment} to {subject_of(run).version}"
+
+    def _took(self, run: Run) -> float | None:
+        from bot.timeutil import aware
+
+        start, end = aware(run.started_at), aware(run.finished_at) or utcnow()
+        return (end - start).total_seconds() if start else None
+
+    def render(self, run: Run, steps: Sequence[RunStep], approvals: Sequence[Approval]) -> Reply:
+        subj = subject_of(run)
+        took = self._took(run)
+        footer = None
+        if took is not None:
+            verdict = "within" if took <= RUNBOOK_ROLLBACK_TARGET_SECONDS else "OVER"
+            footer = (f"*Rollback took {took:.0f}s* — {verdict} the runbook's 15-minute target.\n"
+                      "*After the rollback (runbook 8.3):*\n" + "\n".join(f"☐ {item}" for item in
+                                                                          POST_ROLLBACK_CHECKLIST))
+        return render_run(run, list(steps), list(approvals),
+                          title=f"⏪ Rollback {run.environment}: {subj.previous_image} → {subj.version}",
+                          footer=footer)
+
+    def success_outcome(self, run: Run, steps: Sequence[RunStep], left: Sequence[Change]) -> str:
+        extra = [c.describe() for c in left if not c.key.startswith(("image:", "replicas:"))]
+        took = self._took(run)
+        timing = (f" in {took:.0f}s ({'within' if took <= RUNBOOK_ROLLBACK_TARGET_SECONDS else 'over'} the "
+                  "15-minute target)") if took is not None else ""
+        return f"rolled back to {subject_of(run).version}{timing}" + (
+            f"; still changed: {'; '.join(extra)}" if extra else "")
+
+    def final_alert(self, run: Run, state: RunState) -> str | None:
+        return f"⏪ {self.title(run)}: {run.outcome}. Post-rollback checklist (runbook 8.3) is in the run's message."
