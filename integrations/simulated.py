@@ -62,9 +62,10 @@ class SimCluster:
     """SIMULATED Kubernetes (`Cluster` port) kept in memory; no cluster is touched.
 
     Deployments keep a ReplicaSet-like revision history (`history()`). A rollout (set_image, a new
-    copy) completes `rollout_seconds` after it began, updated/available replicas rising meanwhile; after `fail_next_rollout()` the next rollout stalls
-    and then reports ProgressDeadlineExceeded. Jobs succeed `job_seconds` after creation, or fail
-    with a given log when their name starts with a prefix passed to `fail_jobs`.
+    copy) completes `rollout_seconds` after it began, updated/available replicas rising meanwhile;
+    after `fail_next_rollout()` the next rollout stalls and then reports ProgressDeadlineExceeded.
+    Jobs succeed `job_seconds` after creation, or fail with a given log when their name starts with a
+    prefix passed to `fail_jobs`.
     """
 
     label = LABEL
