@@ -511,7 +511,7 @@ class Console:
             if not working and self.settle():
                 if report:
                     if run_id is None and not views:
-                        self.say("(wait: no deploy run is active)")
+                        self.say("(wait: done — no deploy run is active)")
                     for view in views:
                         self.say(f"(wait: run {view.id} waits for {view.waiting_for})")
                     if run_id is not None and not views:

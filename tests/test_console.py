@@ -360,7 +360,7 @@ def test_wait_gives_up_after_its_limit_saying_what_still_runs(run_script: RunScr
     assert code == 0
     shown = section_after(output, "wait 1")
     assert re.search(r"\(wait: gave up after 1s; still working: run r-[0-9a-f]+ (running|queued)", shown)
-    assert "(wait: no deploy run is active)" in section_after(output, "wait")
+    assert "(wait: done — no deploy run is active)" in section_after(output, "wait")
 
 
 @pytest.mark.parametrize(("line", "message"), [
