@@ -9,8 +9,18 @@
 #     swarm-chatops
 # Socket Mode: add -e CHATOPS_SLACK_APP_TOKEN and the command `chatops serve --host 0.0.0.0 --socket-mode`.
 
+# Base image. Not pinned by digest in this file: the digest of python:3.11-slim could not be looked up
+# where this was written (no access to a container registry), and a made-up digest would break every
+# build. Pin it for a reproducible build by passing the digest of the image you have vetted, e.g.
+#   docker buildx imagetools inspect python:3.11-slim        # or: docker pull python:3.11-slim &&
+#                                                            # docker inspect -f '{{index .RepoDigests 0}}' python:3.11-slim
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest> -t swarm-chatops .
+# or by writing that reference as the default below (then Dependabot / Renovate can keep it current).
+# Both stages use the same image, so the venv copied from the builder matches the runtime's Python.
+ARG PYTHON_IMAGE=python:3.11-slim
+
 # --- builder: build the wheel and install it with its dependencies into a venv ---------------------
-FROM python:3.11-slim AS builder
+FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -28,7 +38,7 @@ RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
  && /opt/venv/bin/chatops --help >/dev/null
 
 # --- runtime: the venv only, no build tools, no sources, not root -----------------------------------
-FROM python:3.11-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -7,10 +7,8 @@ Every API call carries `_request_timeout`, and the clients built here do not ret
 * any other API error (404 names the object, 403 hints at RBAC, 409 and 422 carry the server's message)
                                                         -> `IntegrationError("kubernetes", ...)`
 
-Rollout semantics follow kubectl: `rollout_status` judges like `kubectl rollout status`, and `undo`
-patches the previous ReplicaSet's pod template back like `kubectl rollout undo` (so, like kubectl, two
-undos in a row go back and forth between the last two revisions: callers that may repeat a step should
-compare `current_image` with the image the first undo returned).
+`rollout_status` judges like `kubectl rollout status`. Rolling back means setting the previous image
+again (the deploy engine knows it from the plan), so nothing here reads the ReplicaSet history.
 """
 
 from __future__ import annotations
@@ -41,12 +39,6 @@ ISTIO_GROUP, ISTIO_VERSION, VIRTUAL_SERVICES = "networking.istio.io", "v1beta1",
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
-#: annotations `kubectl rollout undo` keeps from the Deployment instead of taking the ReplicaSet's
-_UNDO_KEEP_ANNOTATIONS = frozenset({
-    "kubectl.kubernetes.io/last-applied-configuration", REVISION_ANNOTATION,
-    "deployment.kubernetes.io/revision-history", "deployment.kubernetes.io/desired-replicas",
-    "deployment.kubernetes.io/max-replicas", "deprecated.deployment.rollback.to",
-})
 _CONFLICT_RETRIES = 3
 _MISSING, _TAKEN = 404, 409  # statuses some calls expect: Not Found; AlreadyExists / Conflict
 _T = TypeVar("_T")
@@ -106,29 +98,6 @@ class KubernetesCluster:
         if available < updated:
             return status(f"{waiting}{available} of {updated} updated replicas are available...")
         return status(f'deployment "{name}" successfully rolled out', complete=True)
-
-    def undo(self, ref: WorkloadRef) -> str:
-        """`kubectl rollout undo`: the second-newest revision's pod template goes back into the Deployment."""
-        what = _what(ref)
-        dep = self._deployment(ref.namespace, ref.deployment)
-        if dep.spec.paused:
-            raise IntegrationError(SYSTEM, f"{what} is paused; resume it before undoing a rollout")
-        previous = _previous_revision(self._owned_replicasets(dep))
-        if previous is None:
-            raise IntegrationError(SYSTEM, f"{what}: no rollout history found, there is no previous revision "
-                                           "to undo to")
-        template = _without_hash(self._plain(previous.spec.template if previous.spec else None))
-        image = _template_image(template, ref, f"{what} revision {_revision(previous)}")
-        if template == _without_hash(self._plain(dep.spec.template)):
-            return image  # kubectl: "skipped rollback (current template already matches revision N)"
-        annotations = {k: v for k, v in (_meta(dep).annotations or {}).items() if k in _UNDO_KEEP_ANNOTATIONS}
-        annotations.update({k: v for k, v in (_meta(previous).annotations or {}).items()
-                            if k not in _UNDO_KEEP_ANNOTATIONS})
-        patch = [{"op": "replace", "path": "/spec/template", "value": template},
-                 {"op": "add", "path": "/metadata/annotations", "value": annotations}]
-        self._call(what, self.apps.patch_namespaced_deployment, ref.deployment, ref.namespace, patch,
-                   _content_type=JSON_PATCH)
-        return image
 
     # -- replicas and copies -----------------------------------------------------------------------
 
@@ -271,20 +240,6 @@ class KubernetesCluster:
         what = f"deployment {namespace}/{name}"
         return self._call(what, self.apps.read_namespaced_deployment, name, namespace)
 
-    def _owned_replicasets(self, dep: client.V1Deployment) -> list[client.V1ReplicaSet]:
-        """The ReplicaSets kubectl finds for the Deployment: by its selector, then by controller reference."""
-        meta = _meta(dep)
-        match = (dep.spec.selector.match_labels if dep.spec.selector else None) or {}
-        listed = self._call(f"replicasets of deployment {meta.namespace}/{meta.name}",
-                            self.apps.list_namespaced_replica_set, meta.namespace or "",
-                            label_selector=_selector(match)).items
-
-        def owned(ref: client.V1OwnerReference) -> bool:
-            same = ref.uid == meta.uid if meta.uid else ref.name == meta.name
-            return bool(ref.controller) and ref.kind == "Deployment" and same
-
-        return [rs for rs in listed if any(owned(ref) for ref in _meta(rs).owner_references or [])]
-
     def _plain(self, model: Any) -> Json:
         """A client model as the JSON the API speaks (camelCase keys, no nulls)."""
         plain = self.api_client.sanitize_for_serialization(model)  # type: ignore[no-untyped-call]
@@ -417,36 +372,11 @@ def _image_of(dep: client.V1Deployment, ref: WorkloadRef) -> str:
     return container.image
 
 
-def _template_image(template: Json, ref: WorkloadRef, where: str) -> str:
-    for container in template.get("spec", {}).get("containers", []):
-        if container.get("name") == ref.container and container.get("image"):
-            return str(container["image"])
-    raise IntegrationError(SYSTEM, f'{where} has no container "{ref.container}" to restore')
-
-
-def _without_hash(template: Json) -> Json:
-    template.get("metadata", {}).get("labels", {}).pop(HASH_LABEL, None)
-    return template
-
-
 def _log_preference(pod: client.V1Pod) -> tuple[bool, float, str]:
     """Failed pods first, then the newest (the name breaks ties between pods of the same second)."""
     meta = _meta(pod)
     created = meta.creation_timestamp.timestamp() if meta.creation_timestamp else 0.0
     return pod.status is not None and pod.status.phase == "Failed", created, meta.name or ""
-
-
-def _revision(rs: client.V1ReplicaSet) -> int:
-    try:
-        return int((_meta(rs).annotations or {}).get(REVISION_ANNOTATION, ""))
-    except ValueError:
-        return -1
-
-
-def _previous_revision(sets: list[client.V1ReplicaSet]) -> client.V1ReplicaSet | None:
-    """The ReplicaSet with the second-highest revision (kubectl's `--to-revision=0`)."""
-    ordered = sorted((rs for rs in sets if _revision(rs) >= 0), key=_revision, reverse=True)
-    return ordered[1] if len(ordered) > 1 else None
 
 
 def _weighted_http(http: list[Json], host: str, stable: str, canary: str, weight: int) -> list[Json]:

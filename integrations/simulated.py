@@ -61,12 +61,11 @@ class _Job:
 class SimCluster:
     """SIMULATED Kubernetes (`Cluster` port) kept in memory; no cluster is touched.
 
-    Deployments keep a ReplicaSet-like revision history, so `undo` behaves like `kubectl rollout undo`:
-    the template of the second-highest revision comes back and becomes the newest revision (two undos
-    in a row toggle). A rollout (set_image, undo, a new copy) completes `rollout_seconds` after it began,
-    updated/available replicas rising meanwhile; after `fail_next_rollout()` the next rollout stalls
-    and then reports ProgressDeadlineExceeded. Jobs succeed `job_seconds` after creation, or fail
-    with a given log when their name starts with a prefix passed to `fail_jobs`.
+    Deployments keep a ReplicaSet-like revision history (`history()`). A rollout (set_image, a new
+    copy) completes `rollout_seconds` after it began, updated/available replicas rising meanwhile;
+    after `fail_next_rollout()` the next rollout stalls and then reports ProgressDeadlineExceeded.
+    Jobs succeed `job_seconds` after creation, or fail with a given log when their name starts with a
+    prefix passed to `fail_jobs`.
     """
 
     label = LABEL
@@ -178,17 +177,6 @@ class SimCluster:
             return RolloutStatus(False, False, desired, updated, available,
                                  f'Waiting for deployment "{dep.name}" rollout to finish: {available} of '
                                  f"{desired} updated replicas are available... (simulated)")
-
-    def undo(self, ref: WorkloadRef) -> str:
-        with self._lock:
-            dep = self._container(ref)
-            ordered = sorted(dep.revisions, key=lambda r: r.number)
-            if len(ordered) < 2:
-                raise IntegrationError(self.system, f"deployment {dep.namespace}/{dep.name}: "
-                                       "no rollout history found to undo to")
-            previous = ordered[-2]
-            self._roll_to(dep, previous.image)
-            return previous.image
 
     def replicas(self, namespace: str, deployment: str) -> int:
         with self._lock:

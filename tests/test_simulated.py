@@ -105,36 +105,13 @@ def test_failed_rollout_hits_the_progress_deadline(cluster: SimCluster, clock: F
 
 
 def test_failure_applies_to_the_next_rollout_only(cluster: SimCluster, clock: FakeClock) -> None:
-    """The rollout after a failed one (the undo) completes normally."""
+    """The rollout after a failed one (setting the previous image back) completes normally."""
     cluster.fail_next_rollout()
     cluster.set_image(REF, f"{IMAGE}:v2.3.0")
     clock.advance(1.0)
-    cluster.undo(REF)
+    cluster.set_image(REF, f"{IMAGE}:v2.2.0")
     clock.advance(1.0)
     assert cluster.rollout_status(REF).complete
-
-
-def test_undo_restores_the_previous_revision_like_kubectl(cluster: SimCluster) -> None:
-    """Two set_images then undo brings back the one just before the current."""
-    cluster.set_image(REF, f"{IMAGE}:v2.3.0")
-    cluster.set_image(REF, f"{IMAGE}:v2.4.0")
-    assert cluster.undo(REF) == f"{IMAGE}:v2.3.0"
-    assert cluster.current_image(REF) == f"{IMAGE}:v2.3.0"
-    assert cluster.history(REF.namespace, REF.deployment) == [
-        (1, f"{IMAGE}:v2.2.0"), (3, f"{IMAGE}:v2.4.0"), (4, f"{IMAGE}:v2.3.0")]
-
-
-def test_second_undo_toggles_back(cluster: SimCluster) -> None:
-    """As with kubectl, undo twice returns to where it started."""
-    cluster.set_image(REF, f"{IMAGE}:v2.3.0")
-    cluster.undo(REF)
-    assert cluster.undo(REF) == f"{IMAGE}:v2.3.0"
-
-
-def test_undo_without_history_is_an_integration_error(cluster: SimCluster) -> None:
-    """A deployment with a single revision cannot be undone."""
-    with pytest.raises(IntegrationError, match="no rollout history"):
-        cluster.undo(REF)
 
 
 def test_unknown_deployment_and_container_raise(cluster: SimCluster) -> None:

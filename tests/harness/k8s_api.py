@@ -86,6 +86,19 @@ class Request:
         """Shorthand for predicates: ``r.is_("PATCH", "/deployments/web")``."""
         return self.method == method and self.path.endswith(path_suffix)
 
+    @property
+    def rbac(self) -> tuple[str, str, str, str | None]:
+        """(apiGroup, resource[/subresource], verb, name or None) as the API server's RBAC authorizer sees
+        this request: GET on a collection is `list`, on an object `get`; POST `create`, PUT `update`."""
+        parts = self.path.strip("/").split("/")
+        group = "" if parts[0] == "api" else parts[1]
+        rest = parts[parts.index("namespaces") + 2:]  # resource [name [subresource]]
+        resource = "/".join([rest[0]] + rest[2:3])
+        name = rest[1] if len(rest) > 1 else None
+        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}[self.method]
+        return group, resource, verb, name
+
 
 DROP = 0  # a fault "status" meaning: close the connection without an answer
 
