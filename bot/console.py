@@ -27,11 +27,11 @@ from typing import Any, TextIO
 from sqlalchemy import select
 
 from bot.container import Container, build
-from bot.core.deploy.states import ACTIVE, RunState
+from bot.core.runs.states import ACTIVE, RunState
 from bot.core.model import ActionInvocation, Actor, Invocation
 from bot.errors import UnknownCommand
 from bot.outbox import Delivered, PermanentError
-from bot.persistence.models import DeployRun, RunStep
+from bot.persistence.models import Run, RunStep
 from bot.render import buttons_of, render
 from bot.settings import Settings
 
@@ -451,8 +451,8 @@ class Console:
     def active_runs(self) -> list[RunView]:
         views: list[RunView] = []
         with self.c.db.read() as session:
-            runs = session.execute(select(DeployRun).where(DeployRun.state.in_([s.value for s in ACTIVE]))
-                                   .order_by(DeployRun.created_at)).scalars().all()
+            runs = session.execute(select(Run).where(Run.state.in_([s.value for s in ACTIVE]))
+                                   .order_by(Run.created_at)).scalars().all()
             for run in runs:
                 steps = session.execute(select(RunStep).where(RunStep.run_id == run.id)
                                         .order_by(RunStep.phase, RunStep.idx)).scalars().all()
@@ -460,7 +460,7 @@ class Console:
         return views
 
     @staticmethod
-    def _view(run: DeployRun, steps: list[RunStep]) -> RunView:
+    def _view(run: Run, steps: list[RunStep]) -> RunView:
         current = next((s for s in steps if s.status == "running"), None)
         coming: set[str] = set()
         waiting_for = None
@@ -480,7 +480,7 @@ class Console:
 
     def _run_exists(self, run_id: str) -> str | None:
         with self.c.db.read() as session:
-            return session.execute(select(DeployRun.state).where(DeployRun.id == run_id)).scalar_one_or_none()
+            return session.execute(select(Run.state).where(Run.id == run_id)).scalar_one_or_none()
 
     def _wait(self, words: list[str]) -> None:
         """`wait [RUN] [SECONDS]`: until the bot has nothing left to do without a person (bounded)."""
