@@ -199,7 +199,8 @@ class Console:
 
     def _sim(self, words: list[str]) -> None:
         """`sim error-rate 0.2 [ENV]`, `sim latency-ms 1500`, `sim order-success 0.9`, `sim nodata on|off`,
-        `sim prometheus down|up`, `sim fail-rollout`, `sim fail-job NAME`: steer the simulated backends."""
+        `sim prometheus down|up`, `sim fail-rollout`, `sim fail-job NAME`, `sim trading ok|fail|hang|lie`:
+        steer the simulated backends."""
         env = words[-1] if words and words[-1] in self.c.sims else self.c.config.resolve_env(None)
         env_name = env if isinstance(env, str) else (env[0] if env else next(iter(self.c.sims)))
         world = self.c.sims[env_name]
@@ -213,11 +214,14 @@ class Console:
                 world.metrics.set("down", words[1] == "down")
             elif words == ["fail-rollout"]:
                 world.cluster.fail_next_rollout()
+            elif words[:1] == ["trading"] and len(words) == 2:
+                world.trading.set_mode(words[1])
             elif words[:1] == ["fail-job"] and len(words) == 2:
                 world.cluster.fail_jobs(words[1], "simulated failure: migration 0042 could not lock table orders")
             else:
                 raise LineFailed("sim: use error-rate X | latency-ms X | order-success X | nodata on|off | "
-                                 "prometheus down|up | fail-rollout | fail-job NAME [ENV]")
+                                 "prometheus down|up | fail-rollout | fail-job NAME | trading ok|fail|hang|lie "
+                                 "[ENV]")
         except ValueError as exc:
             raise LineFailed(f"sim: {exc}") from None
         self.out.write(f"(simulated {env_name}: {' '.join(words)})\n")
