@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from commands import audit, deploy, help, status
+from commands import audit, deploy, help, home, status
 from commands.dispatch import ActionEntry, CommandEntry
 
 
@@ -18,5 +18,7 @@ def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:
     for entry in deploy_commands:
         commands[entry.spec.name] = entry
     for action in deploy_actions:
+        actions[action.action_id] = action
+    for action in home.make_actions():  # App Home buttons (placeholders until their workflows exist)
         actions[action.action_id] = action
     return commands, actions

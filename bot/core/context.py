@@ -25,3 +25,5 @@ class Core:
     #: last resort when the database itself is down: tell the user directly, bypassing the outbox
     direct_reply: Callable[[str | None, str | None, str, Reply], None] | None = None
     deploy: Any = None  # bot.core.deploy.service.DeployService, wired by the container
+    #: one environment's backends (bot.core.ports.EnvBackends), for live reads such as /status
+    env_backends: Callable[[str], Any] | None = None

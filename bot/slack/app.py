@@ -18,6 +18,7 @@ from slack_bolt.authorization import AuthorizeResult
 
 from bot.container import Container
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
+from commands.home import prepare_home_opened
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def build_bolt(container: Container) -> AsyncApp:
     async def on_home(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any]) -> None:
         # Events API retries (X-Slack-Retry-Num) carry the same event_id: claimed once in the job
         event_key = f"evt:{body.get('event_id') or event.get('event_ts', '')}"
-        prepared = dispatcher.prepare_home(str(event.get("user") or ""), event_key)
+        # the live status is read in the job, before the transaction that publishes it
+        prepared = prepare_home_opened(dispatcher, str(event.get("user") or ""), event_key)
         busy = dispatcher.launch(prepared, tasks)
         await ack()
         if busy:
