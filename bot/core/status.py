@@ -227,7 +227,7 @@ def _calls(core: Any, name: str) -> list[tuple[str, str, KpiSettings | None, Any
         def query(kpi: KpiSettings = kpi) -> float | None:
             return backends.metrics.query(render(kpi.query, variables))  # type: ignore[no-any-return]
 
-        calls.append(("kpi", "Prometheus", kpi, backends.metrics, query))
+        calls.append(("kpi", "prometheus", kpi, backends.metrics, query))
     return calls
 
 
