@@ -20,7 +20,8 @@ A simulated controller (``tests/harness/_k8s_controller.py``) ticks every ``tick
 (``None``: only on ``tick()``), rolls Deployments out over ``rollout_ticks`` ticks through
 ReplicaSets with revisions, and runs Jobs. Knobs: ``fail_rollouts``, ``heal_rollouts``, ``fail_jobs``,
 ``set_job_log``, ``error_next`` (answer a Status with that code, acting on nothing) and ``delay_next``
-(act on the request, then hold the answer: a client timeout leaves the change made, as for real).
+(act on the request, then hold the answer: a client timeout leaves the change made, as for real);
+``clear_faults`` forgets the pending ones.
 
 Every request, faulted ones included, is recorded as a ``Request`` with its arrival time (``at`` from
 ``time.time()``, ``monotonic`` for intervals); ``wait_for`` blocks on a condition variable until one
@@ -249,6 +250,12 @@ class FakeKubernetes:
         effect, like a real timeout where the server acted but the answer came too late)."""
         with self._cond:
             self._delays.append(_Fault(n, seconds=seconds, method=method, path_contains=path_contains))
+
+    def clear_faults(self) -> None:
+        """Forget every pending ``error_next`` and ``delay_next`` (answers already held stay held)."""
+        with self._cond:
+            self._errors.clear()
+            self._delays.clear()
 
     def wait_for(self, predicate: Callable[[Request], bool], timeout: float = 5.0, *,
                  count: int = 1) -> Request:
