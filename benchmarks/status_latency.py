@@ -54,7 +54,7 @@ NAMESPACE, DEPLOYMENT = "trading-prod", "trading-bot-swarm"
 IMAGE = "registry.example.com/trading-bot-swarm"
 KEY_ENV = "CHATOPS_BENCH_TRADING_KEY"
 DEADLINE = 2.0
-HANG = 8.0  # longer than the deadline; the hung calls end on their own afterwards
+HANG = 30.0  # longer than the deadline and than the clients' own timeouts (10 s, 5 s): a hang ends in an error
 BOB = "U0BOB0002"
 
 

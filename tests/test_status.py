@@ -508,3 +508,40 @@ def test_kpi_queries_are_validated_at_config_time(example_config: Any) -> None:
     assert "kpis.1.query: unclosed bracket" in problems
     assert [k.name for k in StatusSettings().effective_kpis()] == ["request_rate", "error_rate", "p95_latency_ms",
                                                                   "order_success"]
+
+
+def test_read_runs_on_sqlite_and_postgresql(database: Any) -> None:
+    """read_runs: the live lock (an expired one is free), the active run with the step it is at, and the
+    last three finished runs newest first, dry runs and other environments left out."""
+    from datetime import timedelta
+
+    from bot.core.status import read_runs
+    from bot.persistence.models import EnvLock, RunStep
+    from bot.timeutil import utcnow
+
+    now = utcnow()
+
+    def run(run_id: str, state: str, minutes_ago: int, env: str = "production", dry: bool = False) -> DeployRun:
+        at = now - timedelta(minutes=minutes_ago)
+        return DeployRun(id=run_id, environment=env, version=f"v{minutes_ago}", image=f"{IMAGE}:x",
+                         strategy="rolling", dry_run=dry, requested_by=ALICE, requested_name="alice",
+                         channel="C0PRODDEP1", plan={}, plan_hash="0" * 64, approvals_required=0, state=state,
+                         created_at=at, finished_at=None if state == "running" else at, outcome=None,
+                         correlation_id=run_id)
+
+    with database.transaction() as session:
+        session.add_all([run("r-old", "succeeded", 50), run("r-a", "rolled_back", 40), run("r-b", "failed", 30),
+                         run("r-c", "aborted", 20), run("r-dry", "dry_run", 10, dry=True),
+                         run("r-stg", "succeeded", 5, env="staging"), run("r-live", "running", 1)])
+        session.add_all([RunStep(run_id="r-live", idx=i, phase="deploy", kind="x", name=f"step {i}", status=status,
+                                 attempts=0, data={}) for i, status in enumerate(["done", "running", "pending"])])
+        session.add(EnvLock(environment="production", kind="run", run_id="r-live", held_by=ALICE, held_by_name="alice",
+                            reason="deploy", acquired_at=now, expires_at=now + timedelta(hours=1)))
+        session.add(EnvLock(environment="staging", kind="freeze", run_id=None, held_by=ALICE, held_by_name="alice",
+                            reason="old", acquired_at=now - timedelta(hours=2), expires_at=now - timedelta(hours=1)))
+    with database.read() as session:
+        prod, staging = read_runs(session, "production"), read_runs(session, "staging")
+    assert prod.lock is not None and prod.lock.run_id == "r-live" and staging.lock is None
+    assert [(r.id, r.step, r.step_no, r.steps) for r in prod.active] == [("r-live", "step 1", 2, 3)]
+    assert [r.id for r in prod.recent] == ["r-c", "r-b", "r-a"]
+    assert [r.id for r in staging.recent] == ["r-stg"] and staging.active == []
