@@ -28,8 +28,7 @@ def visible_statuses(core: Core, envs: list[str]) -> dict[str, EnvStatus]:
     """The live status of `envs`, every backend asked at once (see `bot.core.status`)."""
     if not envs:
         return {}
-    with core.db.read() as session:
-        return {st.name: st for st in environment_statuses(core, envs, session)}
+    return {st.name: st for st in environment_statuses(core, envs)}
 
 
 def _buttons(core: Core, user_id: str, env: str) -> list[dict[str, Any]]:
@@ -75,7 +74,8 @@ def home_view(core: Core, user_id: str, commands: dict[str, CommandEntry],
 
 def refresh_home(core: Core, user_ids: list[str], commands: dict[str, CommandEntry] | None = None) -> int:
     """Publish a fresh Home tab to each of `user_ids` (e.g. when a run changes state); the number queued.
-    The environments are read once for everyone, before the publishing transaction."""
+    The environments are read once for everyone, before the publishing transaction. Call it outside any
+    transaction (it opens its own) and off latency-critical paths: it takes up to `status.timeout_seconds`."""
     if not user_ids:
         return 0
     if commands is None:

@@ -51,9 +51,9 @@ def _names(cmd: Status, ctx: Ctx) -> list[str]:
 
 
 def _prefetch(cmd: Status, ctx: Ctx) -> list[EnvStatus]:
-    """Every read, before the handler's (write) transaction opens."""
-    with ctx.core.db.read() as session:
-        return environment_statuses(ctx.core, _names(cmd, ctx), session)
+    """Every read, before the handler's (write) transaction opens (runs and locks in a short read session
+    of their own, closed before the backends are waited for)."""
+    return environment_statuses(ctx.core, _names(cmd, ctx))
 
 
 def _run(cmd: Status, ctx: Ctx) -> Reply:

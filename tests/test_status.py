@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bot.config import KubernetesTarget, StatusSettings, parse_config
 from bot.core.ports import WorkloadRef, image_tag
@@ -545,3 +545,52 @@ def test_read_runs_on_sqlite_and_postgresql(database: Any) -> None:
     assert [(r.id, r.step, r.step_no, r.steps) for r in prod.active] == [("r-live", "step 1", 2, 3)]
     assert [r.id for r in prod.recent] == ["r-c", "r-b", "r-a"]
     assert [r.id for r in staging.recent] == ["r-stg"] and staging.active == []
+
+
+def test_a_hanging_backend_does_not_hold_the_database(make_bot: Any, kube: FakeKubernetes, tmp_path: Path) -> None:
+    """While the status waits for a hung Kubernetes read, the database stays writable: on SQLite every
+    transaction takes the write lock, so the runs are read in a session closed before the wait. (The
+    deadline is raised to 10 s here so that the wait lasts exactly as long as the hang.)"""
+    import dataclasses
+    import sqlite3
+    import threading
+
+    from bot.core.status import FLIGHTS, environment_statuses
+
+    bot = make_bot()
+    core = bot.container.core
+    prod = core.config.environments["production"].model_copy(update={"status": StatusSettings(timeout_seconds=10)})
+    patient = dataclasses.replace(core, config=core.config.model_copy(
+        update={"environments": {**core.config.environments, "production": prod}}))
+    kube.delay_next(100, seconds=3.0, method="GET")
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.extend(environment_statuses(patient, ["production"])),
+                              daemon=True)
+    began = threading.Event()  # the worker opened its database transaction (the runs and locks read)
+
+    def on_begin(_conn: Any) -> None:
+        if threading.get_ident() == worker.ident:
+            began.set()
+
+    event.listen(core.db.engine, "begin", on_begin)
+    try:
+        worker.start()
+        assert began.wait(WAIT)
+    finally:
+        event.remove(core.db.engine, "begin", on_begin)
+    wrote_while_kubernetes_hung = False
+    conn = sqlite3.connect(str(tmp_path / "status.db"), timeout=0, isolation_level=None)
+    try:
+        while worker.is_alive() and not wrote_while_kubernetes_hung:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                wrote_while_kubernetes_hung = ("production", "kubernetes", "") in FLIGHTS.pending()
+            except sqlite3.OperationalError:  # locked just now (a short read or write)
+                pass
+            time.sleep(0.01)
+    finally:
+        conn.close()
+    worker.join(WAIT)
+    assert wrote_while_kubernetes_hung
+    assert result[0].workload.tag == "v2.2.0"  # the answer came, after the hang, within the 10 s deadline

@@ -195,6 +195,11 @@ class _Flights:
         with self._lock:
             return sum(1 for f in self._running.values() if not f.done())
 
+    def pending(self) -> list[tuple[Any, ...]]:
+        """(environment, part, kpi name) of every call still running."""
+        with self._lock:
+            return [key[1:] for key, f in self._running.items() if not f.done()]
+
 
 FLIGHTS = _Flights()
 
@@ -255,9 +260,11 @@ def _kpi(kpi: KpiSettings, value: Any) -> KpiValue | Unavailable:
 
 # -- the read model ----------------------------------------------------------------------------------
 
-def environment_statuses(core: Any, envs: Iterable[str], session: Session | None) -> list[EnvStatus]:
+def environment_statuses(core: Any, envs: Iterable[str], session: Session | None = None) -> list[EnvStatus]:
     """The live status of each of `envs` (names in `core.config.environments`), all backends asked at
-    once. `session` reads the runs and locks (None: they are reported unavailable)."""
+    once. The runs and locks are read with `session`, or, when None (the usual case), in a short read
+    session of our own that is closed before the backends are waited for: on SQLite every transaction
+    takes the write lock, which must not be held while a backend is slow."""
     started = time.monotonic()
     names = list(envs)
     pending: list[_Pending] = []
@@ -266,9 +273,7 @@ def environment_statuses(core: Any, envs: Iterable[str], session: Session | None
         for part, system, kpi, backend, call in _calls(core, name):
             key = (id(backend), name, part, kpi.name if kpi else "")
             pending.append(_Pending(name, part, system, FLIGHTS.start(key, call), started + timeout, timeout, kpi))
-    runs: dict[str, RunsView | Unavailable] = {}
-    for name in names:  # while the backends answer
-        runs[name] = _runs_or_unavailable(session, name)
+    runs = _all_runs(core, names, session)  # while the backends answer
     results = [(p, _outcome(p)) for p in pending]
     out = []
     for name in names:
@@ -284,14 +289,24 @@ def environment_statuses(core: Any, envs: Iterable[str], session: Session | None
     return out
 
 
-def environment_status(core: Any, env: str, session: Session | None) -> EnvStatus:
+def environment_status(core: Any, env: str, session: Session | None = None) -> EnvStatus:
     """The live status of one environment (see `environment_statuses`)."""
     return environment_statuses(core, [env], session)[0]
 
 
-def _runs_or_unavailable(session: Session | None, env: str) -> RunsView | Unavailable:
-    if session is None:
-        return Unavailable("no database session")
+def _all_runs(core: Any, names: list[str], session: Session | None) -> dict[str, RunsView | Unavailable]:
+    if session is not None:
+        return {name: _runs_or_unavailable(session, name) for name in names}
+    try:
+        with core.db.read() as own:
+            return {name: _runs_or_unavailable(own, name) for name in names}
+    except (ChatOpsError, SQLAlchemyError) as exc:  # the database cannot even be opened
+        log.warning("status: cannot read runs: %s", exc)
+        reason = Unavailable(str(exc) if isinstance(exc, ChatOpsError) else f"database: {type(exc).__name__}")
+        return {name: reason for name in names}
+
+
+def _runs_or_unavailable(session: Session, env: str) -> RunsView | Unavailable:
     try:
         return read_runs(session, env)
     except ChatOpsError as exc:
