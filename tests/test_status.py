@@ -435,6 +435,16 @@ def test_kubernetes_workload_status_errors_are_from_the_tree(kube: FakeKubernete
         cluster.workload_status(REF)
 
 
+def test_kubernetes_workload_status_without_replicaset_access(kube: FakeKubernetes) -> None:
+    """A Role without `list` on replicasets (403): the image, rollout and revision still come from the
+    Deployment, and `since` from its Progressing condition."""
+    cluster = cluster_from_target(KubernetesTarget(host=kube.url), timeout=5)
+    kube.error_next(1, status=403, path_contains="/replicasets")
+    status = cluster.workload_status(REF)
+    assert (status.tag, status.revision, status.ready, status.desired) == ("v2.2.0", 1, 4, 4)
+    assert status.since is not None and status.since_source.startswith("rollout condition")
+
+
 def test_simulated_workload_status_follows_a_rollout() -> None:
     """The simulated cluster reports rolling out, then complete with the new tag and revision."""
     now = [0.0]
