@@ -160,6 +160,70 @@ class StepSettings(_Strict):
         return self
 
 
+KpiFormat = Literal["per_second", "percent", "ms", "number"]
+#: the placeholders a KPI query may use (there is no version or canary in /status)
+KPI_PLACEHOLDERS = ("namespace", "deployment")
+
+
+class KpiSettings(_Strict):
+    """One KPI line of /status: a PromQL instant query (placeholders `{namespace}`, `{deployment}`)."""
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    label: str | None = Field(None, description="shown name (default: the name)")
+    query: str
+    format: KpiFormat = Field("number", description="per_second, percent (the value is a fraction), ms, number")
+    warn_above: float | None = Field(None, description="flag the value when above this")
+    warn_below: float | None = Field(None, description="flag the value when below this")
+
+
+def default_kpis(window: str = "5m") -> list[KpiSettings]:
+    """Runbook 7.3's KPIs for the whole namespace, flagged at 7.4's high-priority thresholds (error rate
+    > 5 %, p95 > 1000 ms) and below the 99 % order success target the canary checks use."""
+    sel = 'namespace="{namespace}"'
+    requests = f"sum(rate(http_requests_total{{{sel}}}[{window}]))"
+    return [
+        KpiSettings(name="request_rate", label="requests", query=requests, format="per_second"),
+        KpiSettings(name="error_rate", label="errors", format="percent", warn_above=0.05,
+                    query=f'sum(rate(http_requests_total{{{sel},status=~"5.."}}[{window}])) / {requests}'),
+        KpiSettings(name="p95_latency_ms", label="p95 latency", format="ms", warn_above=1000.0,
+                    query=f"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket"
+                          f"{{{sel}}}[{window}]))) * 1000"),
+        KpiSettings(name="order_success", label="order success", format="percent", warn_below=0.99,
+                    query=f"sum(rate(orders_successful_total{{{sel}}}[{window}]))"
+                          f" / sum(rate(orders_total{{{sel}}}[{window}]))"),
+    ]
+
+
+class StatusSettings(_Strict):
+    """How /status and the App Home tab read the live state."""
+
+    timeout_seconds: float = Field(2.0, gt=0, le=10, description="per-backend deadline; all backends are "
+                                   "asked at once, so the answer comes after at most this (keep it under "
+                                   "Slack's 3 s for a prompt reply)")
+    kpis: list[KpiSettings] | None = Field(None, description="default: runbook 7.3 (default_kpis)")
+
+    @model_validator(mode="after")
+    def _queries(self) -> StatusSettings:
+        from bot.core.analysis import PLACEHOLDERS, placeholders, validate_template
+
+        problems = []
+        for i, kpi in enumerate(self.kpis or []):
+            found = validate_template(kpi.query)
+            other = [n for n in placeholders(kpi.query) if n not in KPI_PLACEHOLDERS and n in PLACEHOLDERS]
+            if other:
+                found.append("only {namespace} and {deployment} can be used here, not "
+                             + ", ".join("{" + n + "}" for n in other))
+            problems += [f"kpis.{i}.query: {p}" for p in found]
+        if self.kpis is not None and len({k.name for k in self.kpis}) != len(self.kpis):
+            problems.append("kpis: names must be unique")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def effective_kpis(self) -> list[KpiSettings]:
+        return list(self.kpis) if self.kpis is not None else default_kpis()
+
+
 class Environment(_Strict):
     description: str = ""
     namespace: str
@@ -199,6 +263,7 @@ class Environment(_Strict):
                                              "retries transient faults before the run needs a person")
     rollout_timeout_seconds: float = Field(600.0, ge=5)
     monitor_seconds: float = Field(900.0, ge=0, description="default procedure: monitoring window (runbook 5.4)")
+    status: StatusSettings = Field(default_factory=StatusSettings, description="/status and App Home")
 
     @model_validator(mode="after")
     def _jobs_known(self) -> Environment:

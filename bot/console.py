@@ -27,8 +27,8 @@ from typing import Any, TextIO
 from sqlalchemy import select
 
 from bot.container import Container, build
-from bot.core.runs.states import ACTIVE, RunState
 from bot.core.model import ActionInvocation, Actor, Invocation
+from bot.core.runs.states import ACTIVE, RunState
 from bot.errors import UnknownCommand
 from bot.outbox import Delivered, PermanentError
 from bot.persistence.models import Run, RunStep
@@ -257,7 +257,8 @@ SIM_HELP = """  sim KNOB VALUE [ENV]       steer the simulated backends of ENV (
     sim nodata on|off          Prometheus answers with no data (analysis inconclusive)
     sim prometheus down|up     Prometheus unreachable, or back
     sim fail-rollout           the next rollout stalls and hits its progress deadline
-    sim fail-job JOB           Jobs of this name (one of the environment's jobs) fail from now on"""
+    sim fail-job JOB           Jobs of this name (one of the environment's jobs) fail from now on
+    sim trading MODE           the trading API: ok, slow, hang, fail (503) or lie (says stopped, keeps trading)"""
 
 
 class Console:
@@ -408,7 +409,9 @@ class Console:
         if what in ("fail-rollout", "fail-job") and env.kubernetes is not None:
             raise LineFailed(f"sim: {env_name} uses a real Kubernetes cluster; only simulated backends can be "
                              "steered")
-        if what not in (*self.SIM_KNOBS, "nodata", "prometheus", "fail-rollout", "fail-job"):
+        if what == "trading" and env.trading_api is not None:
+            raise LineFailed(f"sim: {env_name} uses a real trading API; only simulated backends can be steered")
+        if what not in (*self.SIM_KNOBS, "nodata", "prometheus", "fail-rollout", "fail-job", "trading"):
             raise LineFailed(f"sim: unknown setting {what!r}\n" + SIM_HELP)
         expected_args = 0 if what == "fail-rollout" else 1
         if len(args) < expected_args:
@@ -439,6 +442,14 @@ class Console:
         elif what == "fail-rollout":
             world.cluster.fail_next_rollout()
             shown = "the next rollout will stall"
+        elif what == "trading":
+            modes = ("ok", "slow", "hang", "fail", "lie")
+            if args[0] not in modes:
+                raise LineFailed(f"sim trading: one of {', '.join(modes)}, not {args[0]!r}")
+            world.trading.set_mode(args[0])
+            shown = {"ok": "the trading API behaves", "slow": "the trading API answers slowly",
+                     "hang": "the trading API hangs", "fail": "the trading API answers 503",
+                     "lie": "the trading API says it stopped but keeps trading"}[args[0]]
         else:
             jobs = [job.name for job in env.jobs]
             if jobs and args[0] not in jobs:

@@ -144,7 +144,7 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     workflows.add(resume_workflow)
     deploy = DeployService(config, authorizer, store, default_check_settings)
     core = Core(config=config, authorizer=authorizer, db=db, outbox=outbox, backends=backends,
-                direct_reply=_direct_reply(transport), deploy=deploy)
+                direct_reply=_direct_reply(transport), deploy=deploy, env_backends=env_backends.__getitem__)
     commands, actions = registry.build()
     dispatcher = Dispatcher(core, commands, actions, metrics)
     tasks = TaskRunner(metrics, workers=settings.worker_threads)

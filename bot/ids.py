@@ -14,6 +14,9 @@ class ActionId(StrEnum):
     deploy_approve = "deploy.approve"
     deploy_abort = "deploy.abort"
     deploy_tick = "deploy.tick"
+    #: App Home buttons, value {"env": name}: start /stop-trading or /rollback for that environment
+    stop_trading = "stop_trading.start"
+    rollback = "rollback.start"
 
 
 def encode_value(payload: dict[str, Any]) -> str:

@@ -357,12 +357,13 @@ class Dispatcher:
         from commands.home import home_view
 
         def job() -> None:
+            view = home_view(self.core, user_id, self.commands)  # live reads, before the transaction
             with self.core.db.transaction() as session:
                 finish_pending(session, event_key)
                 if not _claim(session, event_key, "event"):
                     self.metrics.slack_duplicates.labels("event").inc()
                     return
-                self.core.outbox.home(session, user_id, home_view(self.core, user_id, self.commands))
+                self.core.outbox.home(session, user_id, view)
 
         pending = Pending(event_key, "event", {"user_id": user_id, "_created": datetime.now(UTC).isoformat()})
         return Prepared(None, job, "event.app_home_opened", "accepted", pending=pending)

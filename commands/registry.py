@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from commands import audit, deploy, help, status, trading
+from commands import audit, deploy, help, home, status, trading
 from commands.dispatch import ActionEntry, CommandEntry
 
 
@@ -21,4 +21,6 @@ def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:
         actions[action.action_id] = action
     for entry in trading.make_entries():
         commands[entry.spec.name] = entry
+    for action in home.make_actions():  # App Home buttons
+        actions[action.action_id] = action
     return commands, actions

@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from bot.config import KubernetesTarget
-from bot.core.ports import JobStatus, RolloutStatus, WorkloadRef
+from bot.core.ports import JobStatus, RolloutStatus, WorkloadRef, WorkloadStatus
 from bot.errors import BackendUnavailable, ConfigError, IntegrationError
 
 SYSTEM = "kubernetes"
@@ -75,29 +75,45 @@ class KubernetesCluster:
 
     def rollout_status(self, ref: WorkloadRef) -> RolloutStatus:
         """`kubectl rollout status`, one look (no waiting)."""
+        return _rollout_of(self._deployment(ref.namespace, ref.deployment), ref.deployment)
+
+    def workload_status(self, ref: WorkloadRef) -> WorkloadStatus:
+        """What is running: the template's image, the rollout (as `rollout_status`), ready/desired replicas,
+        and since when: the newer of the current ReplicaSet's creationTimestamp and the lastUpdateTime of
+        the Progressing condition when it names that ReplicaSet (so a rollback onto an old ReplicaSet is
+        dated by its rollout). Two reads: the Deployment and its ReplicaSets. Without `list` on replicasets
+        (a 403), `since` is the Progressing condition's time alone and the revision the Deployment's."""
         dep = self._deployment(ref.namespace, ref.deployment)
-        name = ref.deployment
-        desired = 1 if dep.spec.replicas is None else dep.spec.replicas
+        image = _image_of(dep, ref)
+        rollout = _rollout_of(dep, ref.deployment)
         st = dep.status or client.V1DeploymentStatus()
-        updated, available, total = st.updated_replicas or 0, st.available_replicas or 0, st.replicas or 0
-
-        def status(message: str, *, complete: bool = False, failed: bool = False) -> RolloutStatus:
-            return RolloutStatus(complete, failed, desired, updated, available, message)
-
-        waiting = f'Waiting for deployment "{name}" rollout to finish: '
-        if (_meta(dep).generation or 0) > (st.observed_generation or 0):
-            return status("Waiting for deployment spec update to be observed...")
+        wanted = (_meta(dep).annotations or {}).get(REVISION_ANNOTATION)
         progressing = next((c for c in st.conditions or [] if c.type == "Progressing"), None)
-        if progressing is not None and progressing.reason == "ProgressDeadlineExceeded":
-            detail = f": {progressing.message}" if progressing.message else ""
-            return status(f'deployment "{name}" exceeded its progress deadline{detail}', failed=True)
-        if updated < desired:
-            return status(f"{waiting}{updated} out of {desired} new replicas have been updated...")
-        if total > updated:
-            return status(f"{waiting}{total - updated} old replicas are pending termination...")
-        if available < updated:
-            return status(f"{waiting}{available} of {updated} updated replicas are available...")
-        return status(f'deployment "{name}" successfully rolled out', complete=True)
+        try:
+            sets = self._owned_replicasets(dep)
+        except BackendUnavailable:
+            raise
+        except IntegrationError as exc:
+            if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 403):
+                raise
+            revision = int(wanted) if wanted is not None and wanted.isdigit() else None
+            since = progressing.last_update_time if progressing is not None else None
+            return WorkloadStatus(image, rollout, st.ready_replicas or 0, rollout.desired, revision, since,
+                                  "rollout condition (replicasets not readable)" if since else "")
+        current = next((rs for rs in sets if wanted is not None and str(_revision(rs)) == wanted), None)
+        if current is None and sets:
+            current = max(sets, key=_revision)
+        since, source = None, ""
+        if current is not None and _meta(current).creation_timestamp is not None:
+            since, source = _meta(current).creation_timestamp, "replicaset created"
+        rs_name = _meta(current).name if current is not None else None
+        if (progressing is not None and rs_name and progressing.last_update_time is not None
+                and f'"{rs_name}"' in (progressing.message or "")
+                and (since is None or progressing.last_update_time > since)):
+            since, source = progressing.last_update_time, f"rollout ({progressing.reason or 'Progressing'})"
+        revision = _revision(current) if current is not None else None
+        return WorkloadStatus(image, rollout, st.ready_replicas or 0, rollout.desired,
+                              revision if revision is None or revision >= 0 else None, since, source)
 
     # -- replicas and copies -----------------------------------------------------------------------
 
@@ -301,6 +317,31 @@ def cluster_from_target(target: KubernetesTarget, *, timeout: float = 10.0,
 
 # -- helpers -------------------------------------------------------------------------------------------
 
+def _rollout_of(dep: client.V1Deployment, name: str) -> RolloutStatus:
+    """`kubectl rollout status` of a Deployment already read."""
+    desired = 1 if dep.spec.replicas is None else dep.spec.replicas
+    st = dep.status or client.V1DeploymentStatus()
+    updated, available, total = st.updated_replicas or 0, st.available_replicas or 0, st.replicas or 0
+
+    def status(message: str, *, complete: bool = False, failed: bool = False) -> RolloutStatus:
+        return RolloutStatus(complete, failed, desired, updated, available, message)
+
+    waiting = f'Waiting for deployment "{name}" rollout to finish: '
+    if (_meta(dep).generation or 0) > (st.observed_generation or 0):
+        return status("Waiting for deployment spec update to be observed...")
+    progressing = next((c for c in st.conditions or [] if c.type == "Progressing"), None)
+    if progressing is not None and progressing.reason == "ProgressDeadlineExceeded":
+        detail = f": {progressing.message}" if progressing.message else ""
+        return status(f'deployment "{name}" exceeded its progress deadline{detail}', failed=True)
+    if updated < desired:
+        return status(f"{waiting}{updated} out of {desired} new replicas have been updated...")
+    if total > updated:
+        return status(f"{waiting}{total - updated} old replicas are pending termination...")
+    if available < updated:
+        return status(f"{waiting}{available} of {updated} updated replicas are available...")
+    return status(f'deployment "{name}" successfully rolled out', complete=True)
+
+
 def _translate(exc: ApiException, what: str) -> IntegrationError:
     status = exc.status or 0
     message = _status_message(exc)
@@ -402,3 +443,10 @@ def _weighted_http(http: list[Json], host: str, stable: str, canary: str, weight
     if not touched:
         rules.append({"route": route([])})
     return rules
+
+
+def _revision(rs: client.V1ReplicaSet) -> int:
+    try:
+        return int((_meta(rs).annotations or {}).get(REVISION_ANNOTATION, ""))
+    except ValueError:
+        return -1

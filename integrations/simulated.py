@@ -15,9 +15,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from bot.core.ports import JobStatus, ProbeResult, RolloutStatus, TradingStatus, WorkloadRef
+from bot.core.ports import (
+    STOP_MODES,
+    HealthReport,
+    JobStatus,
+    ProbeResult,
+    RolloutStatus,
+    StopMode,
+    TradingStatus,
+    WorkloadRef,
+    WorkloadStatus,
+)
 from bot.errors import BackendUnavailable, IntegrationError
 from integrations.trading_api import validate_fraction
 
@@ -45,6 +56,7 @@ class _Deployment:
     revisions: list[_Revision] = field(default_factory=list)
     rollout_started: float = 0.0
     rollout_fails: bool = False
+    rollout_started_wall: float = field(default_factory=time.time)  # wall clock, for "running since"
 
     @property
     def revision(self) -> int:
@@ -91,7 +103,8 @@ class SimCluster:
         """Seed a Deployment already rolled out (revision 1) and a Service `name` selecting `app=name`."""
         with self._lock:
             dep = _Deployment(namespace, name, container, image, replicas, {"app": name},
-                              [_Revision(1, image)], rollout_started=-math.inf)
+                              [_Revision(1, image)], rollout_started=-math.inf,
+                              rollout_started_wall=time.time() - self.rollout_seconds)
             self._deployments[(namespace, name)] = dep
             self._services.setdefault((namespace, name), {"app": name})
 
@@ -177,6 +190,17 @@ class SimCluster:
             return RolloutStatus(False, False, desired, updated, available,
                                  f'Waiting for deployment "{dep.name}" rollout to finish: {available} of '
                                  f"{desired} updated replicas are available... (simulated)")
+
+    def workload_status(self, ref: WorkloadRef) -> WorkloadStatus:
+        """Image, rollout and replicas; `since` is when the current image's rollout finished (or began,
+        while it is still rolling out), by the wall clock."""
+        with self._lock:
+            dep = self._container(ref)
+            rollout = self.rollout_status(ref)
+            since = dep.rollout_started_wall + (self.rollout_seconds if rollout.complete else 0.0)
+            return WorkloadStatus(dep.image, rollout, rollout.available, dep.replicas, dep.revision,
+                                  datetime.fromtimestamp(since, UTC),
+                                  "rollout (simulated)" if rollout.complete else "rollout started (simulated)")
 
     def replicas(self, namespace: str, deployment: str) -> int:
         with self._lock:
@@ -298,6 +322,7 @@ class SimCluster:
 
     def _start_rollout(self, dep: _Deployment) -> None:
         dep.rollout_started = self._clock()
+        dep.rollout_started_wall = time.time()
         dep.rollout_fails, self._fail_next = self._fail_next, False
 
 
@@ -326,7 +351,8 @@ class SimMetrics:
          the query multiplies by 1000 (`* 1000` / `1000 *`), else that value in seconds (0.18)
       3. contains `http_requests_total` and `5..` or `5xx` (a 5xx status matcher) -> `error_rate`
          (default 0.002)
-      4. anything else -> None (no data: inconclusive)
+      4. contains `http_requests_total` (no 5xx matcher) -> `request_rate` in requests/s (default 100)
+      5. anything else -> None (no data: inconclusive)
     Knobs `nodata=True` makes every query answer None; `down=True` makes every query raise
     BackendUnavailable. Every query is recorded in `queries`.
     """
@@ -334,7 +360,7 @@ class SimMetrics:
     label = LABEL
     system = "simulated Prometheus"
     DEFAULTS: dict[str, float | bool] = {"error_rate": 0.002, "p95_latency_ms": 180.0, "order_success": 0.998,
-                                         "nodata": False, "down": False}
+                                         "request_rate": 100.0, "nodata": False, "down": False}
     _TIMES_1000 = re.compile(r"\*\s*1000(\.0*)?\b|\b1000(\.0*)?\s*\*|\*\s*1e3\b|\b1e3\s*\*")
 
     def __init__(self, **knobs: float | bool) -> None:
@@ -380,43 +406,97 @@ class SimMetrics:
             return ms if cls._TIMES_1000.search(promql) else ms / 1000.0
         if "http_requests_total" in promql and ("5.." in promql or "5xx" in promql):
             return float(knobs["error_rate"])
+        if "http_requests_total" in promql:
+            return float(knobs["request_rate"])
         return None
 
 
 class SimTrading:
-    """SIMULATED trading admin API (`TradingControls` port): state in memory, every call in `history`."""
+    """SIMULATED trading admin API (`TradingControls` port): state in memory, every call in `history`.
+
+    Modes (`set_mode`, the console's `sim trading ok|fail|hang|lie`): "ok"; "fail" (every call raises
+    BackendUnavailable, as a 503 would); "hang" (every call waits `hang_seconds`, as long as the real
+    client's timeout, then raises BackendUnavailable; `set_mode("ok")` lets waiting calls through);
+    "lie" (`stop` is accepted and recorded, but nothing halts: bots keep trading, orders stay open).
+    """
 
     label = LABEL
+    system = "simulated trading API"
+    MODES = ("ok", "fail", "hang", "lie")
 
-    def __init__(self, *, total_bots: int = 20, trading: bool = True, maintenance: bool = False) -> None:
+    def __init__(self, *, total_bots: int = 20, trading: bool = True, maintenance: bool = False,
+                 open_positions: int = 7, pnl: float | None = 1234.5, hang_seconds: float = 5.0) -> None:
         self._lock = threading.Lock()
         self.total_bots = total_bots
         self._trading = trading
         self._active = total_bots if trading else 0
+        self._orders = self._active  # one resting order per trading bot
+        self._positions = open_positions
+        self._pnl = pnl
+        self._halt: str | None = None
         self._maintenance = maintenance
+        self.mode = "ok"
+        self.hang_seconds = hang_seconds
+        self._released = threading.Event()
         self.history: list[tuple[str, Any]] = []
+        self.stop_modes: list[str] = []  # the mode of each stop in `history`, in order
 
-    def stop(self, reason: str) -> None:
+    def set_mode(self, mode: str) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"trading mode must be one of {', '.join(self.MODES)}, got {mode!r}")
+        with self._lock:
+            self.mode = mode
+            if mode == "hang":
+                self._released = threading.Event()
+            else:
+                self._released.set()
+
+    def _gate(self, what: str) -> None:
+        """Apply the fail/hang modes to one call."""
+        with self._lock:
+            mode, released = self.mode, self._released
+        if mode == "fail":
+            raise BackendUnavailable(self.system, f"{what} answered HTTP 503 (simulated outage)")
+        if mode == "hang" and not released.wait(self.hang_seconds):
+            raise BackendUnavailable(self.system, f"{what} timed out after {self.hang_seconds:g} s (simulated hang)")
+
+    def stop(self, reason: str, mode: StopMode = "graceful") -> None:
+        if mode not in STOP_MODES:
+            raise ValueError(f"mode must be one of {', '.join(STOP_MODES)}, got {mode!r}")
+        self._gate("stop")
         with self._lock:
             self.history.append(("stop", reason))
-            self._trading, self._active = False, 0
+            self.stop_modes.append(mode)
+            if self.mode == "lie":
+                return
+            self._trading, self._active, self._orders, self._halt = False, 0, 0, mode
 
     def start(self, fraction: float) -> None:
         value = validate_fraction(fraction)
+        self._gate("start")
         with self._lock:
             self.history.append(("start", value))
-            self._trading = True
+            self._trading, self._halt = True, None
             self._active = max(1, min(self.total_bots, math.ceil(value * self.total_bots)))
+            self._orders = self._active
 
     def status(self) -> TradingStatus:
+        self._gate("status")
         with self._lock:
             return TradingStatus(self._trading, self._active, self.total_bots, self._maintenance,
-                                 {"simulated": True})
+                                 {"simulated": True}, open_orders=self._orders, open_positions=self._positions,
+                                 pnl=self._pnl, halt=self._halt)
 
     def maintenance(self, on: bool) -> None:
+        self._gate("maintenance")
         with self._lock:
             self.history.append(("maintenance", bool(on)))
             self._maintenance = bool(on)
+
+    def health_detailed(self) -> HealthReport:
+        self._gate("health/detailed")
+        return HealthReport("healthy", {"database": "OK", "cache": "OK", "message_queue": "OK",
+                                        "external_apis": "OK"})
 
 
 class SimProbe:

@@ -1,4 +1,5 @@
-"""The swarm's trading admin API over httpx: stop/start trading and maintenance mode (runbook 5.2, 5.4).
+"""The swarm's trading admin API over httpx: stop/start trading, maintenance mode, status and the detailed
+health check (runbook 5.2, 5.4, 6.1, 8.2).
 
 Implements `bot.core.ports.TradingControls`. Every call has a timeout; vendor failures become our error
 tree: unreachable, timed out or 5xx -> `BackendUnavailable`, 401/403 -> `IntegrationError` with a hint
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bot.core.ports import TradingStatus
+from bot.core.ports import STOP_MODES, HealthReport, StopMode, TradingStatus
 from bot.errors import BackendUnavailable, IntegrationError
 
 SYSTEM = "trading API"
@@ -25,23 +26,29 @@ MAX_MESSAGE = 200
 #: the status fields the core relies on, and their JSON types
 STATUS_FIELDS: tuple[tuple[str, type], ...] = (
     ("trading", bool), ("active_bots", int), ("total_bots", int), ("maintenance", bool))
+#: optional status fields (None when absent); a present one of the wrong type is a malformed status
+OPTIONAL_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("open_orders", int), ("open_positions", int), ("pnl", (int, float)), ("halt", str))
 
 
 @dataclass(frozen=True)
 class TradingPaths:
     """Where the admin endpoints live; the HTTP methods are fixed (POST for actions, GET for status).
 
-    stop:        POST, body {"reason": str}
+    stop:        POST, body {"reason": str, "mode": "graceful" | "emergency"}
     start:       POST, body {"fraction": float}  (0 < fraction <= 1; 0.25 is the runbook's gradual start)
     status:      GET, answers {"trading": bool, "active_bots": int, "total_bots": int,
-                               "maintenance": bool, ...}
+                               "maintenance": bool, and optionally "open_orders": int,
+                               "open_positions": int, "pnl": number, "halt": str, ...}
     maintenance: POST, body {"enabled": bool}
+    health_detailed: GET (no key needed), answers {"status": str, "components": {name: str}}
     """
 
     stop: str = "/admin/trading/stop"
     start: str = "/admin/trading/start"
     status: str = "/admin/trading/status"
     maintenance: str = "/admin/maintenance"
+    health_detailed: str = "/health/detailed"
 
 
 def validate_fraction(fraction: float) -> float:
@@ -75,9 +82,13 @@ class TradingApiClient:
 
     # -- TradingControls ------------------------------------------------------------------------------
 
-    def stop(self, reason: str) -> None:
-        """Stop trading on every bot (runbook 5.2 step 1)."""
-        self._call("POST", self.paths.stop, {"reason": reason})
+    def stop(self, reason: str, mode: StopMode = "graceful") -> None:
+        """Stop trading on every bot: graceful (runbook 5.2 step 1: no new positions, resting orders
+        cancelled, positions kept) or emergency (runbook 8.2: halt everything). A 2xx is only the API's
+        word; `status()` shows whether it halted."""
+        if mode not in STOP_MODES:
+            raise ValueError(f"mode must be one of {', '.join(STOP_MODES)}, got {mode!r}")
+        self._call("POST", self.paths.stop, {"reason": reason, "mode": mode})
 
     def start(self, fraction: float) -> None:
         """Start trading on `fraction` (0 < f <= 1) of the bots (runbook 5.4, gradual enablement)."""
@@ -89,6 +100,12 @@ class TradingApiClient:
 
     def maintenance(self, on: bool) -> None:
         self._call("POST", self.paths.maintenance, {"enabled": bool(on)})
+
+    def health_detailed(self) -> HealthReport:
+        """`GET /health/detailed`. An unhealthy answer (often a 503) that carries a JSON status is a report;
+        one without is an error (5xx: BackendUnavailable)."""
+        response = self._call("GET", self.paths.health_detailed, None, accept_json_errors=True)
+        return _parse_health(response, self.paths.health_detailed)
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -107,7 +124,8 @@ class TradingApiClient:
             text = text.replace(self._api_key, "***")
         return text
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None, *,
+              accept_json_errors: bool = False) -> httpx.Response:
         what = f"{method} {path}"
         headers = {"Accept": "application/json"}
         if self._api_key:
@@ -124,7 +142,7 @@ class TradingApiClient:
                                                          f"{type(exc).__name__}: {exc}")) from None
         # `from None` above: the httpx exception carries the request, headers (the key) included.
         status = response.status_code
-        if 200 <= status < 300:
+        if 200 <= status < 300 or (accept_json_errors and _json_status(response) is not None):
             return response
         message = self._scrub(_server_message(response))
         answered = f"{what} answered HTTP {status}" + (f": {message}" if message else "")
@@ -156,6 +174,28 @@ def _server_message(response: httpx.Response) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
+def _json_status(response: httpx.Response) -> str | None:
+    """The `status` string of a JSON object body, else None."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    value = data.get("status") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _parse_health(response: httpx.Response, path: str) -> HealthReport:
+    status = _json_status(response)
+    if status is None:
+        snippet = " ".join(response.text.split())[:80]
+        raise IntegrationError(SYSTEM, f"GET {path} did not answer a JSON object with a status: {snippet!r}")
+    components = response.json().get("components") or {}
+    if not isinstance(components, dict):
+        raise IntegrationError(SYSTEM, f"GET {path}: components is a {type(components).__name__}, not an object")
+    return HealthReport(status, {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in components.items()},
+                        response.status_code)
+
+
 def _parse_status(response: httpx.Response, path: str) -> TradingStatus:
     try:
         data = response.json()
@@ -171,8 +211,17 @@ def _parse_status(response: httpx.Response, path: str) -> TradingStatus:
             problems.append(f"{key}: missing")
         elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             problems.append(f"{key}: expected {kind.__name__}, got {value!r}")
+    for key, kinds in OPTIONAL_FIELDS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            wanted = kinds.__name__ if isinstance(kinds, type) else "number"
+            problems.append(f"{key}: expected {wanted} or null, got {value!r}")
     if problems:
         raise IntegrationError(SYSTEM, f"GET {path} answered a malformed status: " + "; ".join(problems))
-    extra = {k: v for k, v in data.items() if k not in dict(STATUS_FIELDS)}
+    known = {k for k, _ in STATUS_FIELDS} | {k for k, _ in OPTIONAL_FIELDS}
+    extra = {k: v for k, v in data.items() if k not in known}
+    pnl = data.get("pnl")
     return TradingStatus(trading=data["trading"], active_bots=data["active_bots"],
-                         total_bots=data["total_bots"], maintenance=data["maintenance"], detail=extra)
+                         total_bots=data["total_bots"], maintenance=data["maintenance"], detail=extra,
+                         open_orders=data.get("open_orders"), open_positions=data.get("open_positions"),
+                         pnl=None if pnl is None else float(pnl), halt=data.get("halt"))

@@ -156,11 +156,13 @@ def test_status_shows_the_lock_and_the_active_run(deployer: Deployer) -> None:
 
 
 def test_status_shows_free_after_the_run_ends(deployer: Deployer) -> None:
-    """Once a run is aborted /status shows the environment free and no active run."""
+    """Once a run is aborted /status shows the environment free and no active run (the run is among the
+    last runs now)."""
     _, run_id = deployer.deploy("v2.3 --env production --canary")
     deployer.click(run_id, "Abort", ALICE)
     text = deployer.command("/swarm-status", "--env production", BOB)
-    assert "Lock: free" in text and run_id not in text
+    assert "Lock: free" in text and f"Run `{run_id}`" not in text and "Active run: none" in text
+    assert f"• `{run_id}` deploy v2.3 (canary) by alice" in text and "🛑 Aborted" in text
 
 
 def test_force_unlock_of_a_running_run_rolls_it_back(deployer: Deployer) -> None:

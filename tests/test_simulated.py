@@ -212,7 +212,7 @@ def test_concurrent_set_image_keeps_history_consistent(cluster: SimCluster) -> N
 
 @pytest.mark.parametrize(("promql", "expected"), [
     (ERROR_RATE, 0.002), (P95_MS, 180.0), (P95_S, 0.18), (ORDERS, 0.998),
-    ("sum(rate(http_requests_total[5m]))", None), ("up", None)])
+    ("sum(rate(http_requests_total[5m]))", 100.0), ("up", None)])  # a request rate: request_rate
 def test_metrics_query_rule(promql: str, expected: float | None) -> None:
     """Queries are recognised by their metric names; unrecognised ones answer None."""
     assert SimMetrics().query(promql) == pytest.approx(expected) if expected is not None else \

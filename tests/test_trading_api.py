@@ -41,10 +41,114 @@ def test_client_satisfies_the_port(client: TradingApiClient) -> None:
 
 
 def test_stop_stops_trading_and_sends_the_reason(client: TradingApiClient, fake_api: FakeTradingApi) -> None:
-    """stop() POSTs the reason and the swarm stops trading."""
+    """stop() POSTs the reason with the graceful mode by default and the swarm stops trading."""
     client.stop("deploy v2.3.0 (runbook 5.2)")
-    assert fake_api.calls_to("/admin/trading/stop")[0].body == {"reason": "deploy v2.3.0 (runbook 5.2)"}
+    assert fake_api.calls_to("/admin/trading/stop")[0].body == {"reason": "deploy v2.3.0 (runbook 5.2)",
+                                                                 "mode": "graceful"}
     assert fake_api.trading is False and fake_api.active_bots == 0
+
+
+def test_graceful_stop_cancels_orders_and_keeps_positions(client: TradingApiClient) -> None:
+    """A graceful stop (stopentry + cancel): no bot trades, no resting order, the positions are still there."""
+    before = client.status()
+    assert before.trading and before.open_orders == 20 and before.open_positions == 7 and before.halt is None
+    client.stop("runbook 5.2")
+    after = client.status()
+    assert (after.trading, after.active_bots, after.open_orders) == (False, 0, 0)
+    assert after.open_positions == 7 and after.halt == "graceful"
+
+
+def test_emergency_stop_is_sent_and_reported(client: TradingApiClient, fake_api: FakeTradingApi) -> None:
+    """stop(mode="emergency") sends that mode; the status says which halt is in force until a start."""
+    client.stop("runbook 8.2", mode="emergency")
+    assert fake_api.calls_to("/admin/trading/stop")[0].body["mode"] == "emergency"
+    assert client.status().halt == "emergency"
+    client.start(0.25)
+    resumed = client.status()
+    assert resumed.trading and resumed.halt is None and resumed.open_orders == resumed.active_bots == 5
+
+
+def test_unknown_stop_mode_is_refused_before_any_call(client: TradingApiClient, fake_api: FakeTradingApi) -> None:
+    """stop(mode="later") raises ValueError and sends nothing."""
+    with pytest.raises(ValueError, match="graceful, emergency"):
+        client.stop("x", mode="later")  # type: ignore[arg-type]
+    assert fake_api.calls == []
+
+
+def test_a_lying_api_answers_200_but_keeps_trading(client: TradingApiClient, fake_api: FakeTradingApi) -> None:
+    """In "lie" mode the stop is answered 200 and nothing halts: only the status tells the truth."""
+    fake_api.set_mode("lie")
+    client.stop("incident")  # no error: the API claims success
+    status = client.status()
+    assert status.trading and status.active_bots == 20 and status.open_orders == 20
+
+
+def test_a_failing_api_raises_backend_unavailable_on_every_call(client: TradingApiClient,
+                                                                 fake_api: FakeTradingApi) -> None:
+    """In "fail" mode every call gets a 5xx (BackendUnavailable) and nothing changes; "ok" heals it."""
+    fake_api.set_mode("fail", status=502)
+    for call in (lambda: client.stop("x"), client.status, client.health_detailed):
+        with pytest.raises(BackendUnavailable, match="502"):
+            call()
+    fake_api.set_mode("ok")
+    assert client.status().trading is True
+
+
+def test_a_hanging_api_times_out_and_recovers(client: TradingApiClient, fake_api: FakeTradingApi) -> None:
+    """In "hang" mode a call gets no answer within the client's timeout (BackendUnavailable, timed out);
+    after set_mode("ok") the API answers again."""
+    fake_api.set_mode("hang", seconds=30)
+    with pytest.raises(BackendUnavailable, match="timed out"):
+        client.status()
+    fake_api.set_mode("ok")
+    assert client.status().total_bots == 20
+
+
+def test_a_slow_api_still_answers_within_the_timeout(fake_api: FakeTradingApi, http: httpx.Client) -> None:
+    """In "slow" mode answers come late but come: a client with a longer timeout gets them."""
+    fake_api.set_mode("slow", seconds=0.3)
+    patient = TradingApiClient(fake_api.base_url, DEFAULT_API_KEY, timeout=5, client=http)
+    assert patient.status().trading is True
+
+
+def test_status_optional_fields_may_be_missing(fake_api: FakeTradingApi, client: TradingApiClient) -> None:
+    """An API that reports only the required fields gives None for orders, positions, PnL and halt."""
+    fake_api.respond_raw("/admin/trading/status", 200,
+                         '{"trading": true, "active_bots": 2, "total_bots": 2, "maintenance": false}',
+                         "application/json")
+    status = client.status()
+    assert (status.open_orders, status.open_positions, status.pnl, status.halt) == (None, None, None, None)
+
+
+def test_status_optional_field_of_the_wrong_type_is_malformed(fake_api: FakeTradingApi,
+                                                              client: TradingApiClient) -> None:
+    """"open_orders": "many" is a malformed status, named in the error."""
+    fake_api.respond_raw("/admin/trading/status", 200, '{"trading": true, "active_bots": 2, "total_bots": 2, '
+                         '"maintenance": false, "open_orders": "many"}', "application/json")
+    with pytest.raises(IntegrationError, match="open_orders: expected int or null"):
+        client.status()
+
+
+def test_health_detailed_lists_the_runbook_components(client: TradingApiClient) -> None:
+    """GET /health/detailed: database, cache, message_queue and external_apis OK (runbook 6.1)."""
+    report = client.health_detailed()
+    assert report.healthy and report.status == "healthy"
+    assert report.components == {"database": "OK", "cache": "OK", "message_queue": "OK", "external_apis": "OK"}
+
+
+def test_unhealthy_503_with_a_body_is_a_report(client: TradingApiClient, fake_api: FakeTradingApi) -> None:
+    """A 503 that carries the health JSON is an unhealthy report naming the failed component, not an error."""
+    fake_api.set_health_detailed({"status": "unhealthy", "components": {"database": "FAIL", "cache": "OK"}}, 503)
+    report = client.health_detailed()
+    assert not report.healthy and report.http_status == 503 and report.components["database"] == "FAIL"
+
+
+def test_health_detailed_5xx_without_a_body_is_backend_unavailable(client: TradingApiClient,
+                                                                   fake_api: FakeTradingApi) -> None:
+    """A 502 from a proxy (HTML body) is BackendUnavailable, as for any other call."""
+    fake_api.respond_raw("/health/detailed", 502, "<html>Bad Gateway</html>")
+    with pytest.raises(BackendUnavailable, match="502"):
+        client.health_detailed()
 
 
 def test_stop_twice_is_fine(client: TradingApiClient, fake_api: FakeTradingApi) -> None:
@@ -66,7 +170,7 @@ def test_status_is_parsed(client: TradingApiClient) -> None:
     """status() turns the JSON answer into a TradingStatus, extra keys in detail."""
     status = client.status()
     assert status == TradingStatus(trading=True, active_bots=20, total_bots=20, maintenance=False,
-                                   detail={"last_reason": None})
+                                   detail={"last_reason": None}, open_orders=20, open_positions=7, pnl=1234.5)
 
 
 def test_maintenance_on_and_off(client: TradingApiClient, fake_api: FakeTradingApi) -> None:

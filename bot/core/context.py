@@ -29,3 +29,5 @@ class Core:
     executor: Any = None  # bot.core.runs.engine.Executor (continue_rollback)
     stop_trading: Any = None  # bot.core.workflows.trading.stop.StopTradingService
     resume_trading: Any = None  # bot.core.workflows.trading.resume.ResumeTradingService
+    #: one environment's backends (bot.core.ports.EnvBackends), for live reads such as /status
+    env_backends: Callable[[str], Any] | None = None

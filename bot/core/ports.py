@@ -11,7 +11,8 @@ process can pick a wait up again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,35 @@ class RolloutStatus:
     updated: int
     available: int
     message: str = ""
+
+
+def image_tag(image: str) -> str | None:
+    """The version part of an image reference: `reg:5000/app:v2.3` -> `v2.3`, `app@sha256:ab..` -> the
+    digest (`sha256:ab..`), `app` (no tag) -> None."""
+    if "@" in image:
+        return image.split("@", 1)[1] or None
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] or None if ":" in last else None
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    """What is actually running for a Deployment: its pod template's image, since when, and its rollout."""
+
+    image: str  # the container's image in the Deployment's pod template
+    rollout: RolloutStatus  # one look, as `kubectl rollout status`
+    ready: int  # ready replicas (status.readyReplicas)
+    desired: int  # spec.replicas
+    revision: int | None = None  # deployment.kubernetes.io/revision of the current ReplicaSet
+    #: when the current version took over: the newer of the current ReplicaSet's creationTimestamp and the
+    #: time of the Deployment's Progressing condition naming that ReplicaSet (a rollback to an old
+    #: ReplicaSet is dated by its rollout, not by the ReplicaSet's creation); None when unknown
+    since: datetime | None = None
+    since_source: str = ""  # what `since` was taken from, e.g. "rollout condition", "replicaset created"
+
+    @property
+    def tag(self) -> str | None:
+        return image_tag(self.image)
 
 
 @dataclass(frozen=True)
@@ -53,6 +83,10 @@ class Cluster(Protocol):
         ...
 
     def rollout_status(self, ref: WorkloadRef) -> RolloutStatus: ...
+
+    def workload_status(self, ref: WorkloadRef) -> WorkloadStatus:
+        """What is running: image, since when, rollout state, ready/desired replicas (reads only)."""
+        ...
 
     def replicas(self, namespace: str, deployment: str) -> int: ...
 
@@ -94,19 +128,54 @@ class MetricsSource(Protocol):
         ...
 
 
+StopMode = Literal["graceful", "emergency"]
+STOP_MODES: tuple[str, ...] = ("graceful", "emergency")
+
+
 @dataclass(frozen=True)
 class TradingStatus:
+    """The swarm's trading state as its admin API reports it.
+
+    `trading`: bots may open positions; `active_bots`: how many of them do. `open_orders`,
+    `open_positions` and `pnl` are None when the API does not report them (a stop cannot be verified
+    against a field that is missing). `halt` is the mode of the last stop still in force, if the API says.
+    """
+
     trading: bool
     active_bots: int
     total_bots: int
     maintenance: bool
     detail: dict[str, Any] = field(default_factory=dict)
+    open_orders: int | None = None
+    open_positions: int | None = None
+    pnl: float | None = None
+    halt: str | None = None  # "graceful" | "emergency" | None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """`GET /health/detailed` (runbook 6.1): the overall status and each component's, e.g.
+    {"database": "OK", "cache": "OK", "message_queue": "OK", "external_apis": "OK"}."""
+
+    status: str
+    components: dict[str, str] = field(default_factory=dict)
+    http_status: int = 200
+
+    @property
+    def healthy(self) -> bool:
+        return (200 <= self.http_status < 300 and self.status.lower() == "healthy"
+                and all(v.upper() == "OK" for v in self.components.values()))
 
 
 class TradingControls(Protocol):
     """The swarm's admin HTTP API."""
 
-    def stop(self, reason: str) -> None: ...
+    def stop(self, reason: str, mode: StopMode = "graceful") -> None:
+        """Stop trading. graceful (runbook 5.2 "stop trading gracefully"; freqtrade's stopentry + cancel):
+        no new positions, resting orders cancelled, open positions kept and still managed. emergency
+        (runbook 8.2 "emergency-stop"): every bot halts at once. Answering is not proof: verify with
+        `status()`."""
+        ...
 
     def start(self, fraction: float) -> None:
         """Start trading on `fraction` (0 < f <= 1) of the bots."""
@@ -115,6 +184,11 @@ class TradingControls(Protocol):
     def status(self) -> TradingStatus: ...
 
     def maintenance(self, on: bool) -> None: ...
+
+    def health_detailed(self) -> HealthReport:
+        """`GET /health/detailed`. A non-2xx answer with a JSON body is a report (unhealthy), not an error;
+        unreachable, timeouts and 5xx without a body raise BackendUnavailable."""
+        ...
 
 
 @dataclass(frozen=True)

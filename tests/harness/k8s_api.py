@@ -20,7 +20,8 @@ A simulated controller (``tests/harness/_k8s_controller.py``) ticks every ``tick
 (``None``: only on ``tick()``), rolls Deployments out over ``rollout_ticks`` ticks through
 ReplicaSets with revisions, and runs Jobs. Knobs: ``fail_rollouts``, ``heal_rollouts``, ``fail_jobs``,
 ``set_job_log``, ``error_next`` (answer a Status with that code, acting on nothing) and ``delay_next``
-(act on the request, then hold the answer: a client timeout leaves the change made, as for real).
+(act on the request, then hold the answer: a client timeout leaves the change made, as for real);
+``clear_faults`` forgets the pending ones.
 
 Every request, faulted ones included, is recorded as a ``Request`` with its arrival time (``at`` from
 ``time.time()``, ``monotonic`` for intervals); ``wait_for`` blocks on a condition variable until one

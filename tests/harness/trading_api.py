@@ -2,16 +2,27 @@
 
 ``FakeTradingApi`` serves, on a free loopback port in a daemon thread:
 
-* ``POST /admin/trading/stop`` {"reason"}, ``POST /admin/trading/start`` {"fraction"},
+* ``POST /admin/trading/stop`` {"reason", "mode"?}, ``POST /admin/trading/start`` {"fraction"},
   ``GET /admin/trading/status``, ``POST /admin/maintenance`` {"enabled"} -- all require
   ``X-API-Key: <api_key>`` (else 401 {"error": "invalid API key"}); bad bodies get 400 {"error": ...};
 * ``GET /health`` and ``GET /health/detailed`` (no key), answering settable bodies;
 * anything else: 404.
 
+State: ``trading``, ``active_bots``/``total_bots``, ``open_orders`` (resting orders), ``open_positions``,
+``pnl``, ``maintenance`` and ``halt`` (the mode of the stop in force). A graceful stop (the default mode,
+freqtrade's stopentry + cancel) stops new entries and cancels resting orders, keeping positions; an
+emergency stop halts every bot the same way and records ``halt="emergency"``; a start clears the halt and
+each trading bot places one resting order again.
+
 Every request is recorded as a :class:`Call` (faulted ones too). Fault knobs: ``fail_next(n, status)``
 answers the next n requests with that status; ``delay_next(n, seconds)`` holds the next n requests
 before answering (to provoke client timeouts); ``respond_raw(path, status, body, content_type)`` pins a
-raw answer for a path (non-JSON bodies and the like).
+raw answer for a path (non-JSON bodies and the like). ``set_mode(mode)`` changes every later answer
+until the next ``set_mode``: ``"ok"``; ``"slow"`` (each request held ``seconds``, then answered);
+``"hang"`` (held until ``set_mode("ok")``, ``stop()`` or ``seconds``, then answered: a client gives
+up first); ``"fail"`` (every request answered ``status``, 503 by default, acting on nothing); ``"lie"``
+(``POST /admin/trading/stop`` answers 200 ``{"ok": true, "trading": false}`` and nothing halts: the bots
+keep trading and their orders stay open).
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ HEALTHY = {"status": "healthy", "timestamp": "2025-10-15T17:37:53Z"}
 HEALTHY_DETAILED = {"status": "healthy", "components": {"database": "OK", "cache": "OK",
                                                          "message_queue": "OK", "external_apis": "OK"}}
 _POLL_INTERVAL = 0.02
+MODES = ("ok", "slow", "hang", "fail", "lie")
+#: longest a "hang" holds a request (so that server threads do not pile up forever)
+HANG_CAP_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -96,13 +111,22 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeTradingApi:
     """The swarm's admin API with state (trading, active/total bots, maintenance) and fault knobs."""
 
-    def __init__(self, *, api_key: str = DEFAULT_API_KEY, total_bots: int = 20) -> None:
+    def __init__(self, *, api_key: str = DEFAULT_API_KEY, total_bots: int = 20, open_positions: int = 7,
+                 pnl: float | None = 1234.5) -> None:
         self.api_key = api_key
         self.total_bots = total_bots
         self.trading = True
         self.active_bots = total_bots
+        self.open_orders = total_bots  # one resting order per trading bot
+        self.open_positions = open_positions
+        self.pnl = pnl
+        self.halt: str | None = None
         self.maintenance = False
         self.last_reason: str | None = None
+        self.mode = "ok"
+        self._mode_seconds = 0.0
+        self._mode_status = 503
+        self._released = threading.Event()
         self.calls: list[Call] = []
         self.health: tuple[int, Any] = (200, dict(HEALTHY))
         self.health_detailed: tuple[int, Any] = (200, json.loads(json.dumps(HEALTHY_DETAILED)))
@@ -132,6 +156,7 @@ class FakeTradingApi:
         server, thread = self._server, self._thread
         self._server = self._thread = None
         self._stopping.set()  # releases delayed handlers
+        self._released.set()
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -185,6 +210,20 @@ class FakeTradingApi:
         with self._lock:
             self._delays.extend([seconds] * times)
 
+    def set_mode(self, mode: str, *, seconds: float | None = None, status: int = 503) -> None:
+        """Behave as `mode` from now on (see the module docstring). `seconds`: the delay of "slow" (default
+        1 s) or the longest a "hang" holds a request (default HANG_CAP_SECONDS)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        with self._lock:
+            self.mode = mode
+            self._mode_status = status
+            self._mode_seconds = seconds if seconds is not None else (1.0 if mode == "slow" else HANG_CAP_SECONDS)
+            if mode == "hang":
+                self._released = threading.Event()
+            else:
+                self._released.set()  # lets hung requests go
+
     def calls_to(self, path: str) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.path == path]
@@ -194,8 +233,13 @@ class FakeTradingApi:
     def _serve(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
         with self._lock:
             delay = self._delays.popleft() if self._delays else 0.0
+            mode, mode_seconds, released = self.mode, self._mode_seconds, self._released
         if delay:
             self._stopping.wait(delay)
+        if mode == "slow":
+            self._stopping.wait(mode_seconds)
+        elif mode == "hang":
+            released.wait(mode_seconds)
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
@@ -209,6 +253,8 @@ class FakeTradingApi:
         if self._faults:
             status = self._faults.popleft()
             return status, {"error": f"simulated fault {status}"}
+        if self.mode == "fail":
+            return self._mode_status, {"error": f"simulated outage ({self._mode_status})"}
         if path in self._raw:
             raw = self._raw[path]
             return raw.status, raw
@@ -225,22 +271,30 @@ class FakeTradingApi:
         if route == ("GET", "/admin/trading/status"):
             return 200, {"trading": self.trading, "active_bots": self.active_bots,
                          "total_bots": self.total_bots, "maintenance": self.maintenance,
-                         "last_reason": self.last_reason}
+                         "open_orders": self.open_orders, "open_positions": self.open_positions,
+                         "pnl": self.pnl, "halt": self.halt, "last_reason": self.last_reason}
         if not isinstance(body, dict):
             return 400, {"error": "expected a JSON object body"}
         if route == ("POST", "/admin/trading/stop"):
             if not isinstance(body.get("reason"), str) or not body["reason"].strip():
                 return 400, {"error": "reason is required"}
-            self.trading, self.active_bots, self.last_reason = False, 0, body["reason"]
-            return 200, {"ok": True, "trading": False}
+            mode = body.get("mode", "graceful")
+            if mode not in ("graceful", "emergency"):
+                return 400, {"error": f"mode must be graceful or emergency, got {mode!r}"}
+            if self.mode == "lie":  # says it stopped; nothing halts
+                return 200, {"ok": True, "trading": False}
+            self.trading, self.active_bots, self.open_orders = False, 0, 0
+            self.halt, self.last_reason = mode, body["reason"]
+            return 200, {"ok": True, "trading": False, "halt": mode}
         if route == ("POST", "/admin/trading/start"):
             fraction = body.get("fraction")
             if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
                 return 400, {"error": f"fraction must be in (0, 1], got {fraction!r}"}
             if self.maintenance:
                 return 409, {"error": "maintenance mode is on; disable it before starting trading"}
-            self.trading = True
+            self.trading, self.halt = True, None
             self.active_bots = max(1, math.ceil(fraction * self.total_bots))
+            self.open_orders = self.active_bots
             return 200, {"ok": True, "active_bots": self.active_bots}
         if route == ("POST", "/admin/maintenance"):
             if not isinstance(body.get("enabled"), bool):
