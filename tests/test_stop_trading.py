@@ -146,3 +146,39 @@ def test_resume_in_production_needs_an_approval(resumer: Deployer) -> None:
     run = resumer.wait_state(run_id)
     assert run.state == "succeeded", run.outcome
     assert resumer.sim("production").trading.status().trading
+
+
+# --- the kill switch ---------------------------------------------------------------------------------------
+def quick_verify(data: dict[str, Any]) -> None:
+    quick_resume(data)
+    data["environments"]["staging"]["stop_verify_seconds"] = 2
+
+
+@pytest.fixture
+def killer(fake_slack: FakeSlack, tmp_path: Path) -> Iterator[Deployer]:
+    d = start_deploy_bot(fake_slack, f"sqlite:///{tmp_path}/k.db", write_config(tmp_path, quick_verify))
+    yield d
+    d.stop()
+
+
+@pytest.mark.parametrize("mode", ["lie", "fail", "hang"])
+def test_kill_switch_scales_trading_to_zero_when_the_api_cannot_halt(killer: Deployer, mode: str) -> None:
+    """The trading API lies (says stopped, keeps trading), fails or hangs: verification fails, the kill switch
+    scales the trading Deployment to 0 and says so; /resume-trading restores the replicas."""
+    world = killer.sim("staging")
+    before = world.cluster.replicas("trading-staging", "trading-bot-swarm")
+    assert before > 0
+    world.trading.set_mode(mode)
+    try:
+        run = killer.wait_state(run_of(stop(killer)), timeout=60)
+    finally:
+        world.trading.set_mode("ok")
+    assert run.state == "succeeded", run.outcome
+    assert (run.outcome or "").startswith("trading HALTED by the kill switch")
+    assert "NOT verified" in (run.outcome or "") and f"trading-bot-swarm scaled {before} → 0" in (run.outcome or "")
+    assert world.cluster.replicas("trading-staging", "trading-bot-swarm") == 0
+    assert "kubernetes.kill_switch" in [r["action"] for r in killer.audit("", run.id)]
+    resume = killer.wait_state(run_of(killer.command("/resume-trading", "--env staging", ERIN)), timeout=60)
+    assert resume.state == "succeeded", resume.outcome
+    assert world.cluster.replicas("trading-staging", "trading-bot-swarm") == before
+    assert f"restored trading-bot-swarm to {before} replicas" in (resume.outcome or "")

@@ -68,9 +68,9 @@ class StopSubject:
 
 def halted(status: TradingStatus) -> tuple[bool, str]:
     """Is trading verifiably halted? (no bot trading, no open order), and what the API shows."""
-    orders = status.detail.get("open_orders")
+    orders = status.open_orders if status.open_orders is not None else status.detail.get("open_orders")
     shown = (f"{status.active_bots}/{status.total_bots} bots trading"
-             + (f", {orders} open orders" if orders is not None else ""))
+             + (f", {orders} open orders" if orders is not None else ", open orders not reported"))
     ok = not status.trading and status.active_bots == 0 and (orders is None or int(orders) == 0)
     return ok, shown
 
