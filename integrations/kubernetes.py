@@ -79,41 +79,20 @@ class KubernetesCluster:
 
     def workload_status(self, ref: WorkloadRef) -> WorkloadStatus:
         """What is running: the template's image, the rollout (as `rollout_status`), ready/desired replicas,
-        and since when: the newer of the current ReplicaSet's creationTimestamp and the lastUpdateTime of
-        the Progressing condition when it names that ReplicaSet (so a rollback onto an old ReplicaSet is
-        dated by its rollout). Two reads: the Deployment and its ReplicaSets. Without `list` on replicasets
-        (a 403), `since` is the Progressing condition's time alone and the revision the Deployment's."""
+        the Deployment's revision, and since when: the Progressing condition's lastUpdateTime (so a rollback
+        onto an old ReplicaSet is dated by its rollout). One read: the Deployment."""
         dep = self._deployment(ref.namespace, ref.deployment)
         image = _image_of(dep, ref)
         rollout = _rollout_of(dep, ref.deployment)
         st = dep.status or client.V1DeploymentStatus()
         wanted = (_meta(dep).annotations or {}).get(REVISION_ANNOTATION)
         progressing = next((c for c in st.conditions or [] if c.type == "Progressing"), None)
-        try:
-            sets = self._owned_replicasets(dep)
-        except BackendUnavailable:
-            raise
-        except IntegrationError as exc:
-            if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 403):
-                raise
-            revision = int(wanted) if wanted is not None and wanted.isdigit() else None
-            since = progressing.last_update_time if progressing is not None else None
-            return WorkloadStatus(image, rollout, st.ready_replicas or 0, rollout.desired, revision, since,
-                                  "rollout condition (replicasets not readable)" if since else "")
-        current = next((rs for rs in sets if wanted is not None and str(_revision(rs)) == wanted), None)
-        if current is None and sets:
-            current = max(sets, key=_revision)
-        since, source = None, ""
-        if current is not None and _meta(current).creation_timestamp is not None:
-            since, source = _meta(current).creation_timestamp, "replicaset created"
-        rs_name = _meta(current).name if current is not None else None
-        if (progressing is not None and rs_name and progressing.last_update_time is not None
-                and f'"{rs_name}"' in (progressing.message or "")
-                and (since is None or progressing.last_update_time > since)):
-            since, source = progressing.last_update_time, f"rollout ({progressing.reason or 'Progressing'})"
-        revision = _revision(current) if current is not None else None
-        return WorkloadStatus(image, rollout, st.ready_replicas or 0, rollout.desired,
-                              revision if revision is None or revision >= 0 else None, since, source)
+        # the Role grants no list on ReplicaSets (deploy/rbac.yaml, least privilege): the Deployment's own
+        # revision annotation and its Progressing condition say which rollout is current and since when
+        revision = int(wanted) if wanted is not None and wanted.isdigit() else None
+        since = progressing.last_update_time if progressing is not None else None
+        source = f"rollout ({progressing.reason or 'Progressing'})" if since is not None and progressing else ""
+        return WorkloadStatus(image, rollout, st.ready_replicas or 0, rollout.desired, revision, since, source)
 
     # -- replicas and copies -----------------------------------------------------------------------
 

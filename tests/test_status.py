@@ -28,7 +28,7 @@ from bot.config import KubernetesTarget, StatusSettings, parse_config
 from bot.core.ports import WorkloadRef, image_tag
 from bot.errors import BackendUnavailable, ConfigError
 from bot.ids import ActionId, encode_value
-from bot.persistence.models import AuditRecord, DeployRun
+from bot.persistence.models import AuditRecord, Run
 from integrations.kubernetes import cluster_from_target
 from integrations.prometheus import PrometheusMetrics
 from integrations.simulated import SimCluster, SimTrading
@@ -185,7 +185,7 @@ def test_all_up_shows_the_tag_a_deploy_put_there(make_bot: Any, kube: FakeKubern
 
 def _run_done(bot: RunningBot) -> bool:
     with bot.container.db.read() as session:
-        states = [r.state for r in session.execute(select(DeployRun)).scalars()]
+        states = [r.state for r in session.execute(select(Run)).scalars()]
     return bool(states) and all(s in ("succeeded", "rolled_back", "failed", "aborted") for s in states)
 
 
@@ -366,9 +366,9 @@ def test_home_shows_live_status_and_the_buttons_the_viewer_may_use(make_bot: Any
     assert "*production*" in json.dumps(dave) and buttons(dave) == []
 
 
-def test_home_button_answers_not_yet_available_in_the_dm_and_is_audited(make_bot: Any) -> None:
-    """A click on Stop trading in the Home tab (no channel, no response_url) is authorized, answered in the
-    app's DM that it is not available yet, and audited; a viewer's click is refused."""
+def test_home_stop_trading_button_stops_trading_answers_in_the_dm_and_is_audited(make_bot: Any) -> None:
+    """A click on Stop trading in the Home tab (no channel, no response_url) is authorized, starts the same
+    run as /stop-trading (answered in the app's DM), and is audited; a viewer's click is refused."""
     bot = make_bot()
     value = encode_value({"env": "production"})
 
@@ -383,8 +383,11 @@ def test_home_button_answers_not_yet_available_in_the_dm_and_is_audited(make_bot
 
     click(ERIN)
     bot.settle()
-    assert any("/stop-trading --env production` is not available yet" in m.get("text", "")
+    assert any("Stopping trading in production (graceful)" in m.get("text", "")
                for m in bot.fake.messages_in(ERIN))
+    with bot.container.db.read() as session:
+        runs = [r.kind for r in session.execute(select(Run)).scalars()]
+    assert runs == ["stop_trading"]
     click(DAVE)
     bot.settle()
     with bot.container.db.read() as session:
@@ -436,13 +439,13 @@ def test_kubernetes_workload_status_errors_are_from_the_tree(kube: FakeKubernete
 
 
 def test_kubernetes_workload_status_without_replicaset_access(kube: FakeKubernetes) -> None:
-    """A Role without `list` on replicasets (403): the image, rollout and revision still come from the
-    Deployment, and `since` from its Progressing condition."""
+    """The Role has no `list` on replicasets (least privilege): the image, rollout and revision come from the
+    Deployment, `since` from its Progressing condition, and no ReplicaSet is ever read."""
     cluster = cluster_from_target(KubernetesTarget(host=kube.url), timeout=5)
-    kube.error_next(1, status=403, path_contains="/replicasets")
     status = cluster.workload_status(REF)
     assert (status.tag, status.revision, status.ready, status.desired) == ("v2.2.0", 1, 4, 4)
-    assert status.since is not None and status.since_source.startswith("rollout condition")
+    assert status.since is not None and status.since_source.startswith("rollout (")
+    assert not [r for r in kube.requests if "/replicasets" in r.path]
 
 
 def test_simulated_workload_status_follows_a_rollout() -> None:
@@ -531,10 +534,11 @@ def test_read_runs_on_sqlite_and_postgresql(database: Any) -> None:
 
     now = utcnow()
 
-    def run(run_id: str, state: str, minutes_ago: int, env: str = "production", dry: bool = False) -> DeployRun:
+    def run(run_id: str, state: str, minutes_ago: int, env: str = "production", dry: bool = False) -> Run:
         at = now - timedelta(minutes=minutes_ago)
-        return DeployRun(id=run_id, environment=env, version=f"v{minutes_ago}", image=f"{IMAGE}:x",
-                         strategy="rolling", dry_run=dry, requested_by=ALICE, requested_name="alice",
+        return Run(id=run_id, kind="deploy", environment=env, subject={
+                       "v": 1, "version": f"v{minutes_ago}", "image": f"{IMAGE}:x", "previous_image": None,
+                       "strategy": "rolling"}, dry_run=dry, requested_by=ALICE, requested_name="alice",
                          channel="C0PRODDEP1", plan={}, plan_hash="0" * 64, approvals_required=0, state=state,
                          created_at=at, finished_at=None if state == "running" else at, outcome=None,
                          correlation_id=run_id)
@@ -543,7 +547,7 @@ def test_read_runs_on_sqlite_and_postgresql(database: Any) -> None:
         session.add_all([run("r-old", "succeeded", 50), run("r-a", "rolled_back", 40), run("r-b", "failed", 30),
                          run("r-c", "aborted", 20), run("r-dry", "dry_run", 10, dry=True),
                          run("r-stg", "succeeded", 5, env="staging"), run("r-live", "running", 1)])
-        session.add_all([RunStep(run_id="r-live", idx=i, phase="deploy", kind="x", name=f"step {i}", status=status,
+        session.add_all([RunStep(run_id="r-live", idx=i, phase="main", kind="x", name=f"step {i}", status=status,
                                  attempts=0, data={}) for i, status in enumerate(["done", "running", "pending"])])
         session.add(EnvLock(environment="production", kind="run", run_id="r-live", held_by=ALICE, held_by_name="alice",
                             reason="deploy", acquired_at=now, expires_at=now + timedelta(hours=1)))
