@@ -199,10 +199,10 @@ def kpi_line(kpis: list[KpiValue | Unavailable]) -> str:
 
 def lock_text(env: str, lock: LockView) -> str:
     who = lock.held_by_name or f"<@{lock.held_by}>"
-    what = f"deploy run `{lock.run_id}`" if lock.kind == "run" else "a freeze"
+    what = f"run `{lock.run_id}`" if lock.kind == "run" else "a freeze"
     text = (f"`{env}` is locked by {who} for {what} since {lock.acquired_at:%Y-%m-%d %H:%M} UTC "
             f"(until {lock.expires_at:%Y-%m-%d %H:%M} UTC)")
-    return text + (f" — reason: {lock.reason}" if lock.reason else "")
+    return text + (f" — reason: {blocks.user_text(lock.reason)}" if lock.reason else "")
 
 
 def run_text(run: RunView) -> str:
