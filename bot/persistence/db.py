@@ -21,7 +21,7 @@ from bot.errors import BackendUnavailable
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: the newest migration; tests/test_persistence.py checks it against Alembic's own view of the scripts.
 #: Knowing it without importing Alembic keeps start-up and /readyz cheap when nothing needs migrating.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -440,7 +440,7 @@ class Executor:
     def _alert(self, session: Any, run: DeployRun, text: str) -> None:
         channel = self.service.env(run.environment).channels.incident
         if channel:
-            self.service.outbox.post(session, channel, Reply(text + f" (run `{run.id}`)", ephemeral=False))
+            self.service.outbox.alert(session, channel, Reply(text + f" (run `{run.id}`)", ephemeral=False))
 
     def _finish(self, run_id: str, state: RunState, outcome: str) -> None:
         with self.db.transaction() as session:

@@ -134,7 +134,8 @@ class DeployService:
         session.flush()
         self.audit(session, run, actor, "deploy.plan", state.value, version=version, strategy=strategy,
                    plan_hash=run.plan_hash, previous_image=current_image, dry_run=dry_run, reason=reason)
-        self.outbox.post(session, run.channel, render_run(run, self.steps(session, run_id), []), key=run_key(run_id))
+        self.outbox.post(session, run.channel, render_run(run, self.steps(session, run_id), []), key=run_key(run_id),
+                         retry_until=run.expires_at, on_dead="deploy.plan_dead", ref=run_id)
         if broke is not None:
             self.audit(session, run, actor, "lock.break_glass", "forced", broke_lock=broke.describe())
             self.outbox.post(session, run.channel, Reply(
@@ -144,10 +145,10 @@ class DeployService:
             self._wake_after_commit(session)
         where = "" if channel_id == run.channel else f" in <#{run.channel}>"
         if dry_run:
-            return Reply(f"Dry run: the plan for {version} → {env_name} is posted{where} (run `{run_id}`). "
+            return Reply(f"Dry run: the plan for {version} → {env_name} is queued{where} (run `{run_id}`). "
                          "Nothing will be changed.")
         if state == RunState.pending_approval:
-            return Reply(f"Plan for {version} → {env_name} posted{where} (run `{run_id}`); it needs "
+            return Reply(f"Plan for {version} → {env_name} queued{where} (run `{run_id}`); it needs "
                          f"{env.approvals_required} approval(s) from approvers other than you within "
                          f"{describe_duration(env.approval_ttl_minutes * 60)}.")
         return Reply(f"Deploying {version} → {env_name} (run `{run_id}`); follow it{where or ' in the channel'}.")
