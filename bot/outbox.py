@@ -94,15 +94,21 @@ DeadHook = Callable[[Session, DeadLetter], None]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff between attempts of a transiently failing call: base * 2**n, capped, jittered."""
+    """Backoff between attempts of a transiently failing call: base * 2**n, capped, jittered.
+
+    A random spread of up to `jitter` × the delay is added (so retries of many rows and replicas do not
+    fall in step), or subtracted where adding it would pass the cap: a delay is never shorter than the
+    plain doubling below the cap, and never longer than the cap.
+    """
 
     base_seconds: float = 0.5
     cap_seconds: float = 30.0
-    jitter: float = 0.5  # the last `jitter` of each delay is random, so replicas do not retry in step
+    jitter: float = 0.5
 
     def delay(self, attempts: int, rng: random.Random) -> float:
         full = min(self.cap_seconds, self.base_seconds * 2 ** min(attempts, 30))
-        return full * (1 - self.jitter) + full * self.jitter * rng.random()
+        spread = full * self.jitter * rng.random()
+        return full + spread if full + spread <= self.cap_seconds else full - spread
 
 
 # --- enqueueing -----------------------------------------------------------------------------
@@ -232,6 +238,10 @@ class _Heartbeat:
             with self._lock:
                 self._row = None
 
+    def _in_flight(self, row_id: int) -> bool:
+        with self._lock:
+            return self._row == row_id
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -244,7 +254,7 @@ class _Heartbeat:
             if row_id is None:
                 continue
             try:
-                if not self._renew(row_id):
+                if not self._renew(row_id) and self._in_flight(row_id):  # not just finished meanwhile
                     log.warning("outbox row %s: lost its claim while the call was in flight (another replica "
                                 "may send it too)", row_id)
             except Exception as exc:  # database down: the claim may lapse; nothing else to do
