@@ -8,9 +8,11 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from bot.config import CheckSettings, Config, load_config
+from bot.core import deploy_dead
 from bot.core.context import Core
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends
@@ -23,7 +25,7 @@ from bot.core.workflows.deploy.workflow import DeployWorkflow, RollbackWorkflow
 from bot.core.workflows.trading.resume import ResumeTradingService, ResumeTradingWorkflow
 from bot.core.workflows.trading.stop import StopTradingService, StopTradingWorkflow
 from bot.metrics import Metrics
-from bot.outbox import Outbox, OutboxWorker, Transport
+from bot.outbox import Outbox, OutboxWorker, RetryPolicy, Transport
 from bot.persistence.batch import BatchWriter
 from bot.persistence.db import Database
 from bot.settings import Settings
@@ -106,7 +108,8 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     config = config or load_config(settings.config)
     db = Database(settings.database_url)
     metrics = Metrics()
-    outbox = Outbox()
+    outbox = Outbox(default_retry=timedelta(minutes=settings.outbox_reply_retry_minutes),
+                    alert_retry=timedelta(minutes=settings.outbox_alert_retry_minutes))
     threads: list[threading.Thread] = []
     stoppers: list[object] = []
     if transport is None:
@@ -148,8 +151,10 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     commands, actions = registry.build()
     dispatcher = Dispatcher(core, commands, actions, metrics)
     tasks = TaskRunner(metrics, workers=settings.worker_threads)
-    worker = OutboxWorker(db, transport, metrics, max_attempts=settings.outbox_max_attempts)
+    worker = OutboxWorker(db, transport, metrics, outbox=outbox, claim_seconds=settings.outbox_claim_seconds,
+                          retry=RetryPolicy(cap_seconds=settings.outbox_retry_cap_seconds))
     outbox.subscribe(worker.wakeup)
+    deploy_dead.install(outbox, deploy)
     executor = Executor(db, store, lease_seconds=settings.deploy_lease_seconds, metrics=metrics)
     core.runs = store
     core.stop_trading = StopTradingService(config, store)

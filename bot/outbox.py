@@ -1,19 +1,26 @@
 """The one outbound Slack path: a durable outbox and the worker that drains it.
 
-Product code never calls Slack directly. It enqueues (`Outbox.post/update/ephemeral/respond`)
+Product code never calls Slack directly. It enqueues (`Outbox.post/update/ephemeral/respond/alert`)
 in the same transaction as the change it reports; `OutboxWorker` delivers in order per
-channel, waits out 429 `Retry-After`, backs off on 5xx and connection errors, coalesces
-queued updates of one message, and marks a call dead (logged and audited) only after
-`max_attempts` or a permanent error. Rows are claimed with compare-and-set, so several bot
-processes can share one database; pending rows survive restarts.
+channel, waits out 429 `Retry-After`, backs off on 5xx and connection errors (doubling, capped,
+jittered) and coalesces queued updates of one message. Each row carries a deadline
+(`retry_until`): it is retried until then, for as long as it matters, and marked dead (logged,
+audited, its dead-letter hook run) only when the deadline passes or Slack refuses it for good.
+Rows are claimed with compare-and-set for `claim_seconds`, and the claim of the row being sent is
+renewed by a heartbeat while the call is in flight, so several bot processes can share one
+database and a survivor takes over a dead process's channel within seconds; pending rows
+survive restarts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -29,7 +36,14 @@ from bot.persistence.models import OutboxMessage, SlackMessage
 from bot.timeutil import aware, utcnow
 
 log = logging.getLogger(__name__)
-CLAIM_SECONDS = 60
+#: how long a claim lasts unless renewed; the heartbeat renews it every third of that while a call is in flight
+CLAIM_SECONDS = 10.0
+#: an ordinary reply, thread line or update is worth retrying for this long by default
+DEFAULT_RETRY = timedelta(minutes=15)
+#: an alert to an incident channel: at least an hour
+ALERT_RETRY = timedelta(hours=1)
+
+Clock = Callable[[], datetime]
 
 
 # --- the transport port ----------------------------------------------------------------------
@@ -59,21 +73,83 @@ class Transport(Protocol):
     def deliver(self, kind: str, channel: str | None, payload: dict[str, Any]) -> Delivered: ...
 
 
+# --- dead letters and retry policy ----------------------------------------------------------
+@dataclass(frozen=True)
+class DeadLetter:
+    """What a dead-letter hook is told about a row that will never be delivered."""
+
+    row_id: int
+    kind: str
+    channel: str | None
+    message_key: str | None
+    ref: str | None  # what the poster passed as `ref` (e.g. a run id)
+    reason: str  # "deadline" (retried until retry_until) or "permanent" (Slack refused it for good)
+    error: str
+    payload: dict[str, Any]
+
+
+#: runs in the transaction that marks the row dead (and audits it), inside a savepoint
+DeadHook = Callable[[Session, DeadLetter], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between attempts of a transiently failing call: base * 2**n, capped, jittered.
+
+    A random spread of up to `jitter` × the delay is added (so retries of many rows and replicas do not
+    fall in step), or subtracted where adding it would pass the cap: a delay is never shorter than the
+    plain doubling below the cap, and never longer than the cap.
+    """
+
+    base_seconds: float = 0.5
+    cap_seconds: float = 30.0
+    jitter: float = 0.5
+
+    def delay(self, attempts: int, rng: random.Random) -> float:
+        full = min(self.cap_seconds, self.base_seconds * 2 ** min(attempts, 30))
+        spread = full * self.jitter * rng.random()
+        return full + spread if full + spread <= self.cap_seconds else full - spread
+
+
 # --- enqueueing -----------------------------------------------------------------------------
 class Outbox:
-    """Enqueue Slack calls inside the caller's transaction."""
+    """Enqueue Slack calls inside the caller's transaction, and hold the dead-letter hooks.
 
-    def __init__(self) -> None:
+    Every enqueue takes `retry_until` (when the call stops being worth making; default: now +
+    `default_retry`), `on_dead` (the name of a hook registered with `on_dead()`, run when the row
+    dies) and `ref` (what that hook acts on, e.g. a run id).
+    """
+
+    def __init__(self, *, default_retry: timedelta = DEFAULT_RETRY, alert_retry: timedelta = ALERT_RETRY,
+                 clock: Clock = utcnow) -> None:
         self._wakeups: list[threading.Event] = []
+        self._hooks: dict[str, DeadHook] = {}
+        self.default_retry = default_retry
+        self.alert_retry = alert_retry
+        self.clock = clock
 
     def subscribe(self, event: threading.Event) -> None:
         self._wakeups.append(event)
 
+    # dead-letter hooks
+    def on_dead(self, name: str, hook: DeadHook) -> None:
+        """Register `hook` under `name` (e.g. "deploy.plan_dead"); rows enqueued with `on_dead=name` run it
+        when they die. One hook per name."""
+        if name in self._hooks and self._hooks[name] is not hook:
+            raise ValueError(f"a dead-letter hook named {name!r} is already registered")
+        self._hooks[name] = hook
+
+    def dead_hook(self, name: str) -> DeadHook | None:
+        return self._hooks.get(name)
+
     def _add(self, session: Session, kind: str, channel: str | None, key: str | None,
-             payload: dict[str, Any]) -> None:
-        now = utcnow()
+             payload: dict[str, Any], *, retry_until: datetime | None = None, on_dead: str | None = None,
+             ref: str | None = None) -> None:
+        now = self.clock()
         session.add(OutboxMessage(created_at=now, kind=kind, channel=channel, message_key=key, payload=payload,
-                                  status="pending", attempts=0, not_before=now))
+                                  status="pending", attempts=0, not_before=now,
+                                  retry_until=aware(retry_until) or now + self.default_retry,
+                                  on_dead=on_dead, ref=ref))
         # wake the local worker once the transaction commits (other processes poll)
         from sqlalchemy import event as sa_event
 
@@ -88,31 +164,39 @@ class Outbox:
             sa_event.listen(session, "after_commit", _after_commit, once=True)
 
     def post(self, session: Session, channel: str, reply: Reply, *, key: str | None = None,
-             thread_key: str | None = None) -> None:
+             thread_key: str | None = None, retry_until: datetime | None = None, on_dead: str | None = None,
+             ref: str | None = None) -> None:
         """Post a message; `key` names it for later updates, `thread_key` replies in that thread."""
         payload = reply.as_payload()
         if thread_key:
             payload["thread_key"] = thread_key
-        self._add(session, "post", channel, key, payload)
+        self._add(session, "post", channel, key, payload, retry_until=retry_until, on_dead=on_dead, ref=ref)
 
-    def update(self, session: Session, key: str, reply: Reply) -> None:
+    def alert(self, session: Session, channel: str, reply: Reply, *, on_dead: str | None = None,
+              ref: str | None = None) -> None:
+        """Post an alert (an incident channel): retried for `alert_retry` (at least an hour)."""
+        self.post(session, channel, reply, retry_until=self.clock() + self.alert_retry, on_dead=on_dead, ref=ref)
+
+    def update(self, session: Session, key: str, reply: Reply, *, retry_until: datetime | None = None) -> None:
         channel = _channel_of(session, key)
-        self._add(session, "update", channel, key, reply.as_payload())
+        self._add(session, "update", channel, key, reply.as_payload(), retry_until=retry_until)
 
-    def ephemeral(self, session: Session, channel: str, user_id: str, reply: Reply) -> None:
+    def ephemeral(self, session: Session, channel: str, user_id: str, reply: Reply, *,
+                  retry_until: datetime | None = None) -> None:
         payload = reply.as_payload()
         payload["user"] = user_id
-        self._add(session, "ephemeral", channel, None, payload)
+        self._add(session, "ephemeral", channel, None, payload, retry_until=retry_until)
 
     def home(self, session: Session, user_id: str, view: dict[str, Any]) -> None:
         """Publish a user's App Home tab (views.publish)."""
         self._add(session, "home", f"home:{user_id}", None, {"user": user_id, "view": view})
 
-    def respond(self, session: Session, response_url: str, reply: Reply, *, channel: str | None = None) -> None:
+    def respond(self, session: Session, response_url: str, reply: Reply, *, channel: str | None = None,
+                retry_until: datetime | None = None) -> None:
         payload = reply.as_payload()
         payload.update(response_url=response_url, response_type="ephemeral" if reply.ephemeral else "in_channel",
                        replace_original=reply.replace_original)
-        self._add(session, "respond", channel, None, payload)
+        self._add(session, "respond", channel, None, payload, retry_until=retry_until)
 
 
 def _channel_of(session: Session, key: str) -> str | None:
@@ -124,19 +208,85 @@ def _channel_of(session: Session, key: str) -> str | None:
     ).scalar_one_or_none()
 
 
+# --- the claim heartbeat --------------------------------------------------------------------
+class _Heartbeat:
+    """Renews the claim on the row whose call is in flight, every `every` seconds, from its own thread.
+
+    A quick call (milliseconds) is never renewed; a slow one keeps its claim however long it takes, so
+    no other process sends the same row meanwhile. If this process dies, renewals stop and the claim
+    lapses `claim_seconds` later.
+    """
+
+    def __init__(self, renew: Callable[[int], bool], every: float) -> None:
+        self._renew = renew
+        self.every = every
+        self._row: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def holding(self, row_id: int) -> Iterator[None]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="chatops-outbox-heartbeat", daemon=True)
+            self._thread.start()
+        with self._lock:
+            self._row = row_id
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._row = None
+
+    def _in_flight(self, row_id: int) -> bool:
+        with self._lock:
+            return self._row == row_id
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            with self._lock:
+                row_id = self._row
+            if row_id is None:
+                continue
+            try:
+                if not self._renew(row_id) and self._in_flight(row_id):  # not just finished meanwhile
+                    log.warning("outbox row %s: lost its claim while the call was in flight (another replica "
+                                "may send it too)", row_id)
+            except Exception as exc:  # database down: the claim may lapse; nothing else to do
+                log.warning("outbox row %s: could not renew its claim: %s", row_id, exc)
+
+
 # --- delivering -----------------------------------------------------------------------------
 class OutboxWorker:
-    def __init__(self, db: Database, transport: Transport, metrics: Metrics, *, max_attempts: int,
+    """Delivers pending rows. `outbox` supplies the dead-letter hooks and the default deadline of rows
+    written before deadlines existed; `clock` and `retry` exist so tests can simulate long outages.
+    `max_attempts`, when given, is an extra cap on counted attempts (the deadline alone limits them
+    otherwise)."""
+
+    def __init__(self, db: Database, transport: Transport, metrics: Metrics, *, outbox: Outbox | None = None,
+                 max_attempts: int | None = None, claim_seconds: float = CLAIM_SECONDS,
+                 retry: RetryPolicy | None = None, clock: Clock = utcnow, rng: random.Random | None = None,
                  worker_id: str | None = None) -> None:
         self.db = db
         self.transport = transport
         self.metrics = metrics
+        self.outbox = outbox
         self.max_attempts = max_attempts
+        self.claim_seconds = claim_seconds
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+        self.rng = rng or random.Random()
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.wakeup = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
+        self._heartbeat = _Heartbeat(self._renew, every=max(0.05, claim_seconds / 3))
 
     # life cycle
     def start(self, poll_seconds: float = 1.0) -> None:
@@ -153,6 +303,7 @@ class OutboxWorker:
         self.wakeup.set()
         if self._thread:
             self._thread.join(timeout=5)
+        self._heartbeat.stop()
 
     def _loop(self, poll_seconds: float) -> None:
         failing_since: float | None = None
@@ -201,7 +352,7 @@ class OutboxWorker:
             ).scalar_one_or_none()
         if soonest is None:
             return poll_seconds
-        delta = (aware(soonest) - utcnow()).total_seconds()  # type: ignore[operator]
+        delta = (aware(soonest) - self.clock()).total_seconds()  # type: ignore[operator]
         return max(0.01, min(poll_seconds, delta))
 
     def pending_due(self) -> int:
@@ -212,7 +363,7 @@ class OutboxWorker:
 
     def drain_once(self) -> int:
         """Deliver every due row, in id order per channel. Returns how many calls were attempted."""
-        now = utcnow()
+        now = self.clock()
         with self.db.read() as session:
             rows = list(session.execute(
                 select(OutboxMessage).where(OutboxMessage.status == "pending")
@@ -229,7 +380,7 @@ class OutboxWorker:
                                                  and row.claimed_by != self.worker_id):
                 blocked.add(lane)  # keep the order: nothing overtakes a waiting row of its channel
                 continue
-            if not self._claim(row.id, now):
+            if not self._claim(row.id):
                 blocked.add(lane)
                 continue
             attempted += 1
@@ -237,39 +388,69 @@ class OutboxWorker:
                 blocked.add(lane)
         return attempted
 
-    def _claim(self, row_id: int, now: datetime) -> bool:
+    # claims: compare-and-set, renewed by the heartbeat while the call is in flight
+    def _claim(self, row_id: int) -> bool:
+        # the time is read here, not at the start of the pass: a pass that spent seconds on a slow call
+        # would otherwise hand out claims that are already expired
+        now = self.clock()
         with self.db.transaction() as session:
             result = session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row_id, OutboxMessage.status == "pending",
                        or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now,
                            OutboxMessage.claimed_by == self.worker_id))
-                .values(claimed_by=self.worker_id, claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+                .values(claimed_by=self.worker_id, claimed_until=now + timedelta(seconds=self.claim_seconds))
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
+    def _renew(self, row_id: int) -> bool:
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id, OutboxMessage.status == "pending",
+                       OutboxMessage.claimed_by == self.worker_id)
+                .values(claimed_until=self.clock() + timedelta(seconds=self.claim_seconds))
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    # deadlines
+    def _deadline(self, row: OutboxMessage) -> datetime:
+        explicit = aware(row.retry_until)
+        if explicit is not None:
+            return explicit
+        default = self.outbox.default_retry if self.outbox is not None else DEFAULT_RETRY
+        return (aware(row.created_at) or self.clock()) + default
+
     def _deliver(self, row: OutboxMessage) -> bool:
         """Make the call; True when the row is finished (sent, superseded or dead)."""
+        now = self.clock()
+        deadline = self._deadline(row)
+        # a row still waiting for its first try (or a retry scheduled before the deadline) when the deadline
+        # passed is no longer worth sending; a retry scheduled *at* the deadline is the last attempt
+        if now > deadline and aware(row.not_before) < deadline - timedelta(milliseconds=1):  # type: ignore[operator]
+            self._dead(row, self._deadline_error(row, deadline), reason="deadline")
+            return True
         payload = dict(row.payload)
         try:
             if row.kind == "update" and self._superseded(row):
                 self._finish(row.id, "sent", error="superseded by a newer update")
                 return True
             payload = self._resolve_refs(row, payload)
-            delivered = self.transport.deliver(row.kind, row.channel, payload)
+            with self._heartbeat.holding(row.id):
+                delivered = self.transport.deliver(row.kind, row.channel, payload)
         except RateLimited as exc:
             self.metrics.outbox_retries.labels("rate_limited").inc()
-            self._retry(row, exc.retry_after, f"429 rate limited (Retry-After {exc.retry_after}s)", count=False)
-            return False
+            return self._retry_or_die(row, exc.retry_after, f"429 rate limited (Retry-After {exc.retry_after}s)",
+                                      count=False, deadline=deadline)
         except TransientError as exc:
             self.metrics.outbox_retries.labels("transient").inc()
-            if row.attempts + 1 >= self.max_attempts:
-                self._dead(row, f"gave up after {row.attempts + 1} attempts: {exc}")
+            if self.max_attempts is not None and row.attempts + 1 >= self.max_attempts:
+                self._dead(row, f"gave up after {row.attempts + 1} attempts: {exc}", reason="attempts")
                 return True
-            self._retry(row, min(60.0, 0.5 * 2 ** row.attempts), str(exc), count=True)
-            return False
+            return self._retry_or_die(row, self.retry.delay(row.attempts, self.rng), str(exc), count=True,
+                                      deadline=deadline)
         except PermanentError as exc:
-            self._dead(row, str(exc))
+            self._dead(row, str(exc), reason="permanent")
             return True
         with self.db.transaction() as session:
             if row.kind == "post" and row.message_key and delivered.ts:
@@ -280,6 +461,22 @@ class OutboxWorker:
                                     claimed_until=None))
         self.metrics.outbox_sent.labels(row.kind).inc()
         return True
+
+    def _retry_or_die(self, row: OutboxMessage, delay: float, error: str, *, count: bool,
+                      deadline: datetime) -> bool:
+        """Schedule the next attempt, no later than the deadline; at the deadline, the row is dead."""
+        now = self.clock()
+        if now >= deadline:
+            attempts = row.attempts + (1 if count else 0)
+            self._dead(row, f"still failing at its deadline after {attempts} attempt(s): {error}", reason="deadline")
+            return True
+        self._retry(row, min(now + timedelta(seconds=delay), deadline), error, count=count)
+        return False
+
+    @staticmethod
+    def _deadline_error(row: OutboxMessage, deadline: datetime) -> str:
+        last = f"; last error: {row.last_error}" if row.last_error else ""
+        return f"not delivered by its deadline {deadline.isoformat(timespec='seconds')}{last}"
 
     def _superseded(self, row: OutboxMessage) -> bool:
         with self.db.read() as session:
@@ -304,31 +501,66 @@ class OutboxWorker:
             if thread_key:
                 parent = session.get(SlackMessage, thread_key)
                 if parent is None:
+                    if self._post_is_dead(session, thread_key):
+                        raise PermanentError(f"thread parent {thread_key!r} could not be posted")
                     raise TransientError(f"thread parent {thread_key!r} not posted yet")
                 payload["thread_ts"] = parent.ts
         return payload
 
-    def _retry(self, row: OutboxMessage, delay: float, error: str, *, count: bool) -> None:
+    @staticmethod
+    def _post_is_dead(session: Session, key: str) -> bool:
+        statuses = set(session.execute(select(OutboxMessage.status).where(
+            OutboxMessage.message_key == key, OutboxMessage.kind == "post")).scalars())
+        return bool(statuses) and statuses <= {"dead"}
+
+    def _retry(self, row: OutboxMessage, when: datetime, error: str, *, count: bool) -> None:
         with self.db.transaction() as session:
             session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
-                not_before=utcnow() + timedelta(seconds=delay), last_error=error[:1000],
+                not_before=when, last_error=error[:1000],
                 attempts=row.attempts + (1 if count else 0), claimed_until=None))
         log.warning("outbox row %s (%s to %s) will be retried in %.1fs: %s", row.id, row.kind, row.channel,
-                    delay, error)
+                    (when - self.clock()).total_seconds(), error)
 
     def _finish(self, row_id: int, status: str, *, error: str | None = None) -> None:
         with self.db.transaction() as session:
             session.execute(update(OutboxMessage).where(OutboxMessage.id == row_id).values(
                 status=status, sent_at=utcnow(), last_error=error, claimed_until=None))
 
-    def _dead(self, row: OutboxMessage, error: str) -> None:
-        self.metrics.outbox_dead.inc()
+    def _dead(self, row: OutboxMessage, error: str, *, reason: str) -> None:
+        """Mark the row dead, audit it and run its dead-letter hook, all in one transaction (if the
+        database fails half-way the row stays pending and dies again on the next pass)."""
         log.error("outbox row %s (%s to %s) could not be delivered: %s", row.id, row.kind, row.channel, error)
         with self.db.transaction() as session:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
-                status="dead", last_error=error[:1000], attempts=row.attempts + 1, claimed_until=None))
+            marked = session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == row.id, OutboxMessage.status == "pending").values(
+                    status="dead", last_error=error[:1000], attempts=row.attempts + 1, claimed_until=None)
+            ).rowcount  # type: ignore[attr-defined]
+            if marked != 1:  # another replica finished it meanwhile
+                return
             append(session, AuditEntry(actor_id="bot", actor_name="swarm-chatops", channel=row.channel,
                                        action="slack.delivery_failed", outcome="dead",
                                        correlation_id=f"outbox-{row.id}",
-                                       args={"kind": row.kind, "error": error,
-                                             "text": row.payload.get("text", "")[:300]}))
+                                       args={"kind": row.kind, "error": error, "reason": reason,
+                                             "text": str(row.payload.get("text", ""))[:300],
+                                             **({"on_dead": row.on_dead, "ref": row.ref} if row.on_dead else {})}))
+            if row.on_dead:
+                self._run_dead_hook(session, row, error, reason)
+        self.metrics.outbox_dead.inc()
+
+    def _run_dead_hook(self, session: Session, row: OutboxMessage, error: str, reason: str) -> None:
+        hook = self.outbox.dead_hook(row.on_dead) if self.outbox is not None and row.on_dead else None
+        if hook is None:
+            log.error("outbox row %s: no dead-letter hook %r is registered in this process", row.id, row.on_dead)
+            return
+        letter = DeadLetter(row_id=row.id, kind=row.kind, channel=row.channel, message_key=row.message_key,
+                            ref=row.ref, reason=reason, error=error, payload=dict(row.payload))
+        try:
+            with session.begin_nested():
+                hook(session, letter)
+        except Exception as exc:
+            # the row is dead either way; the hook's own changes were rolled back to the savepoint
+            log.exception("outbox row %s: dead-letter hook %r failed", row.id, row.on_dead)
+            append(session, AuditEntry(actor_id="bot", actor_name="swarm-chatops", channel=row.channel,
+                                       action="slack.dead_hook_failed", outcome="error",
+                                       correlation_id=f"outbox-{row.id}",
+                                       args={"hook": row.on_dead, "ref": row.ref, "error": str(exc)[:300]}))

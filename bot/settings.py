@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(8, ge=1, description="Delivery attempts before a message is dead")
     deploy_lease_seconds: float = Field(15.0, ge=1, le=300, description="How long a deploy run stays claimed "
                                         "by a process that stopped renewing (then another resumes it)")
+    # outbox deadlines (each row carries its own `retry_until`; these are the defaults posters use)
+    outbox_reply_retry_minutes: float = Field(15.0, gt=0, le=1440, description="How long an ordinary Slack "
+                                              "call (a reply, a thread line, an update) is retried")
+    outbox_alert_retry_minutes: float = Field(60.0, ge=60, le=1440, description="How long an alert to an "
+                                              "incident channel is retried (at least an hour)")
+    outbox_retry_cap_seconds: float = Field(30.0, ge=1, le=600, description="Longest pause between two "
+                                            "attempts of a failing Slack call (backoff doubles up to it, jittered)")
+    outbox_claim_seconds: float = Field(10.0, ge=1, le=300, description="How long a replica's claim on the "
+                                        "outbox row it is sending lasts unless renewed (renewed while in flight)")
 
     @field_validator("slack_api_url")
     @classmethod

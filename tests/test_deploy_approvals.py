@@ -152,7 +152,7 @@ def test_expired_plan_releases_the_lock(expired_run: tuple[Deployer, str]) -> No
     with d.container.db.read() as session:
         assert locks.current(session, "production") is None
     reply, _ = d.deploy("v2.3 --env production --canary")
-    assert "posted" in reply
+    assert "queued" in reply
 
 
 def test_click_on_an_expired_plan_is_refused(expired_run: tuple[Deployer, str]) -> None:

@@ -89,6 +89,10 @@ class OutboxMessage(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # 0003: how long the call is worth retrying (NULL: created_at + the default), and what to run if it dies
+    retry_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    on_dead: Mapped[str | None] = mapped_column(String(64))  # a dead-letter hook name, e.g. deploy.plan_dead
+    ref: Mapped[str | None] = mapped_column(String(200))  # what the hook acts on, e.g. the run id
 
     __table_args__ = (Index("ix_outbox_pending", "status", "not_before"),)
 

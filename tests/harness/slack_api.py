@@ -21,6 +21,10 @@ Behaviour notes:
   variable until enough matching calls arrived.
 * ``fail_next`` queues faults per method (``"*"`` matches any /api/ method, ``"response/<name>"`` a
   response_url); each queued fault is used ``times`` times, in order.
+* ``delay_next`` makes the next calls to a method take effect at once but answer only ``seconds`` later
+  (Slack did the work; the caller hears back late, or never if it dies meanwhile).
+* ``outage(status)`` makes every call (Web API and response_url) fail with that status until ``end_outage()``;
+  ``outage(None)`` closes each connection without an answer, like an unreachable Slack.
 """
 
 from __future__ import annotations
@@ -133,12 +137,21 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         headers = dict(self.headers.items())
         fake = self.server.fake
-        if split.path.startswith("/api/"):
+        outage = fake._outage_reply(split.path, self.command, raw, headers)
+        if outage is not None:
+            if outage.status == 0:  # unreachable: drop the connection without a word
+                self.close_connection = True
+                return
+            reply = outage
+        elif split.path.startswith("/api/"):
             reply = fake._handle_api(split.path[len("/api/") :], self.command, split.query, raw, headers)
         elif split.path.startswith("/response/"):
             reply = fake._handle_response(split.path[len("/response/") :], raw, headers)
         else:
             reply = _Reply(404, {"ok": False, "error": "not_found"})
+        delay = fake._take_delay(split.path) if outage is None else 0.0
+        if delay > 0:
+            fake._stopping.wait(delay)  # the call took effect; its answer is late
         payload = json.dumps(reply.body).encode()
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -211,6 +224,9 @@ class FakeSlack(WebApiMethods):
         self.ephemerals = []
         self.views = {}
         self._faults: dict[str, deque[_Fault]] = {}
+        self._delays: dict[str, deque[list[float]]] = {}  # method -> [seconds, remaining] entries
+        self._outage: int | None | bool = False  # False: none; an HTTP status; None: connections dropped
+        self._stopping = threading.Event()
         self._cond = threading.Condition()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -221,6 +237,7 @@ class FakeSlack(WebApiMethods):
     def start(self) -> FakeSlack:
         """Bind ``127.0.0.1:<free port>`` and serve in a daemon thread (idempotent)."""
         if self._server is None:
+            self._stopping.clear()
             server = _Server(("127.0.0.1", 0), _Handler)
             server.fake = self
             self._server = server
@@ -237,6 +254,7 @@ class FakeSlack(WebApiMethods):
         """Shut the server down and close its socket (idempotent)."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
+        self._stopping.set()  # release answers held back by delay_next
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -274,6 +292,8 @@ class FakeSlack(WebApiMethods):
             self.ephemerals.clear()
             self.views.clear()
             self._faults.clear()
+            self._delays.clear()
+            self._outage = False
             self.channel_members = {cid: list(m) for cid, m in self._initial_members.items()}
 
     def fail_next(
@@ -295,6 +315,22 @@ class FakeSlack(WebApiMethods):
             retry_after = 1
         with self._cond:
             self._faults.setdefault(method, deque()).append(_Fault(status, error, retry_after, times))
+
+    def delay_next(self, method: str, seconds: float, times: int = 1) -> None:
+        """Let the next ``times`` calls to ``method`` (or ``"response/<name>"``, or ``"*"`` for any /api/ method)
+        take effect at once but answer only after ``seconds`` (cut short when the fake stops)."""
+        with self._cond:
+            self._delays.setdefault(method, deque()).append([seconds, times])
+
+    def outage(self, status: int | None = 503) -> None:
+        """From now until ``end_outage()``, answer every call with HTTP ``status`` (recorded as faulted);
+        ``None``: close each connection without answering (Slack unreachable)."""
+        with self._cond:
+            self._outage = status
+
+    def end_outage(self) -> None:
+        with self._cond:
+            self._outage = False
 
     def calls_to(self, method: str) -> list[Call]:
         """Recorded calls to ``method`` (faulted ones included), oldest first."""
@@ -344,6 +380,38 @@ class FakeSlack(WebApiMethods):
                           key=lambda m: float(m["ts"]))
 
     # ------------------------------------------------------------------ request handling (server threads)
+    def _outage_reply(self, path: str, verb: str, raw: bytes, headers: dict[str, str]) -> _Reply | None:
+        """During an outage: the reply to give (status 0: drop the connection), after recording the call."""
+        with self._cond:
+            outage = self._outage
+            if outage is False:
+                return None
+            status = 0 if outage is None else int(outage)
+            body: Json = {"ok": False, "error": "service_unavailable" if status >= 500 else "request_failed"}
+            if path.startswith("/response/"):
+                self.responses.append(ResponsePost(path[len("/response/"):], raw.decode("utf-8", "replace"),
+                                                   headers, time.time(), True))
+            else:
+                content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+                params = _parse_params("", raw, content_type) or {}
+                self.calls.append(Call(path[len("/api/"):], params, headers, time.time(), faulted=True,
+                                       status=status, response=None if status == 0 else body, verb=verb))
+            self._cond.notify_all()
+        return _Reply(status, body)
+
+    def _take_delay(self, path: str) -> float:
+        key = path[len("/api/"):] if path.startswith("/api/") else path.lstrip("/")
+        with self._cond:
+            for name in (key, "*") if path.startswith("/api/") else (key,):
+                queue = self._delays.get(name)
+                if queue:
+                    entry = queue[0]
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        queue.popleft()
+                    return float(entry[0])
+        return 0.0
+
     def _take_fault(self, key: str, *, wildcard: bool = True) -> _Fault | None:
         for name in (key, "*") if wildcard else (key,):
             queue = self._faults.get(name)

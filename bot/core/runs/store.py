@@ -76,7 +76,7 @@ class RunStore:
         """A post in the environment's incident channel, naming and linking the run."""
         channel = self.env(run.environment).channels.incident
         if channel:
-            self.outbox.post(session, channel, Reply(text + f" (run `{run.id}`)", ephemeral=False))
+            self.outbox.alert(session, channel, Reply(text + f" (run `{run.id}`)", ephemeral=False))
 
     def audit(self, session: Session, run: Run, actor: Actor | None, action: str, outcome: str,
               **args: Any) -> None:

@@ -141,7 +141,7 @@ class DeployService:
         self.audit(session, run, actor, f"{kind}.plan", state.value, version=version, strategy=strategy,
                    plan_hash=run.plan_hash, previous_image=current_image, dry_run=dry_run, reason=reason)
         self.outbox.post(session, run.channel, self.store.workflow(run).render(run, self.steps(session, run_id), []),
-                         key=run_key(run_id))
+                         key=run_key(run_id), retry_until=run.expires_at, on_dead="deploy.plan_dead", ref=run_id)
         if broke is not None:
             self.audit(session, run, actor, "lock.break_glass", "forced", broke_lock=broke.describe(markup=False))
             self.outbox.post(session, run.channel, Reply(
@@ -151,11 +151,11 @@ class DeployService:
             self.store.wake_after_commit(session)
         where = "" if channel_id == run.channel else f" in <#{run.channel}>"
         if dry_run:
-            return Reply(f"Dry run: the plan for {version} → {env_name} is posted{where} (run `{run_id}`). "
+            return Reply(f"Dry run: the plan for {version} → {env_name} is queued{where} (run `{run_id}`). "
                          "Nothing will be changed.")
         what = f"{version} → {env_name}" if kind == KIND else f"the rollback of {env_name} to {version}"
         if state == RunState.pending_approval:
-            return Reply(f"Plan for {what} posted{where} (run `{run_id}`); it needs "
+            return Reply(f"Plan for {what} queued{where} (run `{run_id}`); it needs "
                          f"{required} approval(s) from approvers other than you within "
                          f"{describe_duration(env.approval_ttl_minutes * 60)}.")
         if kind != KIND:
