@@ -66,7 +66,9 @@ def render_run(run: Run, steps: list[RunStep], approvals: list[Approval], *, tit
         ("Image", f"`{subj.image}`"),
         ("Rollback target", f"`{subj.previous_image or 'unknown'}`"),
         ("Approvals", f"{len(approvals)}/{run.approvals_required}"
-         + (": " + ", ".join(_who(a.user_id, a.user_name) for a in approvals) if approvals else "")),
+         + (": " + ", ".join(_who(a.user_id, a.user_name) for a in approvals) if approvals else "")
+         + (f" — approvers other than the requester; window ends {when(run.expires_at)}"
+            if state == RunState.pending_approval and run.expires_at else "")),
         ("ETA", describe_duration(plan.get("eta_seconds", 0))),
     ]
     body: list[blocks.Block] = [blocks.header(title), blocks.fields(facts)]
@@ -116,8 +118,12 @@ def _buttons(run: Run, state: RunState, steps: list[RunStep]) -> list[dict[str, 
     value = {"run": run.id, "env": run.environment}
     out: list[dict[str, Any]] = []
     if state == RunState.pending_approval:
+        # a confirm dialog: an approval starts a change to the environment (issue 6 item 16)
+        confirm = (f"Approve {subj.version} → {run.environment}?",
+                   f"With the last approval the run starts: {subj.strategy} deploy of `{subj.image}` "
+                   f"(rollback target `{subj.previous_image}`).")
         out.append(blocks.button("Approve", ActionId.deploy_approve, encode_value({**value, "h": run.plan_hash[:16]}),
-                                 style="primary"))
+                                 style="primary", confirm=confirm))
     for step in steps:
         if step.kind == "checklist" and step.status == "running":
             out.append(blocks.button(f"Tick: {step.name}"[:75], ActionId.deploy_tick,
