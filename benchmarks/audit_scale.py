@@ -142,7 +142,8 @@ def query_kinds(n: int, rnd: random.Random) -> dict[str, Callable[[], tuple[audi
     def week() -> tuple[audit.AuditFilter, int | None]:
         f = rnd.random() * 0.95
         since = START + (span_end - START) * f
-        return audit.AuditFilter(since=at(f), until=(since + timedelta(days=7)).isoformat().replace("+00:00", "Z")), None
+        until = (since + timedelta(days=7)).isoformat().replace("+00:00", "Z")
+        return audit.AuditFilter(since=at(f), until=until), None
 
     return {
         "actor": lambda: (audit.AuditFilter(actor_ids=(rnd.choice(people)[0],)), None),

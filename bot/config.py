@@ -393,7 +393,8 @@ def reference_problems(data: object) -> list[str]:
     Works on the raw YAML too (tolerating wrong types), so these are reported together with the type
     errors of the same file instead of only once everything else is fixed."""
     root = _mapping(data)
-    people, groups, envs = _mapping(root.get("people")), _mapping(root.get("groups")), _mapping(root.get("environments"))
+    people, groups = _mapping(root.get("people")), _mapping(root.get("groups"))
+    envs = _mapping(root.get("environments"))
     problems: list[str] = []
 
     def known(member: str) -> bool:
@@ -432,7 +433,8 @@ def reference_problems(data: object) -> list[str]:
             step = _mapping(step)
             if step.get("kind") == "job" and step.get("job") and step.get("job") not in jobs:
                 problems.append(f"environments.{name}.procedure.{i}.job: {step['job']!r} is not in jobs "
-                                f"({', '.join(sorted(map(str, jobs))) or 'none'}){did_you_mean(step['job'], map(str, jobs))}")
+                                f"({', '.join(sorted(map(str, jobs))) or 'none'})"
+                                f"{did_you_mean(step['job'], map(str, jobs))}")
     return problems
 
 

@@ -5,8 +5,8 @@ single-column index on `actor_id` or `environment` cannot give that order, so a 
 value became a sort of every matching row; `(column, seq)` indexes walk straight to the newest
 matches; `(ts, seq)` lets a time range be paged from the index alone (`audit.page` picks the seqs
 first, then reads those rows). SQLite's indexes already end in the rowid (= `seq`), but the same
-definitions serve both. `action` gets one too, for `--action PREFIX`. `db_heartbeat` is the row `/readyz` writes to prove
-the database accepts writes.
+definitions serve both. `action` gets one too, for `--action PREFIX`. `db_heartbeat` is the row
+`/readyz` writes to prove the database accepts writes.
 
 Revision ID: 0004
 Revises: 0003
