@@ -88,9 +88,13 @@ def env_value(raw: str, ctx: ParseContext) -> str:
 
 
 def text_value(raw: str, _ctx: ParseContext) -> str:
+    """Free text (a reason): a secret pasted into it is redacted here, before it is stored anywhere (a
+    lock's reason, a run's reason, the audit log) — not only where it is shown."""
     if not raw.strip():
         raise ValueError("must not be empty")
-    return raw
+    from bot.core.redact import redact_text
+
+    return redact_text(raw)
 
 
 def user_value(raw: str, ctx: ParseContext) -> str:

@@ -82,3 +82,21 @@ def test_audit_listing_shows_typed_text_escaped(deployer: Deployer) -> None:
     listing = deployer.command("/audit", "--action command.lock", ROOT)
     assert "<!channel>" not in listing and not LINK.search(listing) and TOKEN not in listing
     assert "&lt;!channel&gt;" in listing and "***" in listing
+
+
+def test_a_token_in_a_reason_is_never_stored(deployer: Deployer) -> None:  # noqa: F811
+    """The lock row and the run row keep the redacted reason, not the pasted token (only the audit log
+    was redacted before)."""
+    from sqlalchemy import select
+
+    from bot.persistence.models import EnvLock, Run
+
+    deployer.command("/lock", f"staging --reason 'oops {TOKEN}'", ALICE)
+    with deployer.container.db.read() as session:
+        lock = session.get(EnvLock, "staging")
+        assert lock is not None and TOKEN not in (lock.reason or "") and "oops" in (lock.reason or "")
+    deployer.command("/unlock", "staging", ALICE)
+    deployer.deploy(f"v2.3 --env staging --dry-run --reason 'see {TOKEN}'")
+    with deployer.container.db.read() as session:
+        reasons = [r.reason or "" for r in session.execute(select(Run)).scalars()]
+    assert reasons and all(TOKEN not in r and "see" in r for r in reasons)
