@@ -100,6 +100,8 @@ class CanarySettings(_Strict):
     intervals_per_step: int = Field(1, ge=1, le=60)
     failure_limit: int = Field(1, ge=1, le=10)
     inconclusive_limit: int = Field(3, ge=1, le=20)
+    error_limit: int = Field(4, ge=1, le=20, description="intervals in a row with Prometheus unreachable before "
+                             "the canary rolls back (Argo Rollouts' consecutiveErrorLimit)")
 
     @field_validator("steps")
     @classmethod

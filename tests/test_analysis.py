@@ -313,3 +313,42 @@ def test_tracker_state_of_unknown_version_is_refused() -> None:
     """from_dict() refuses state written by an unknown format version."""
     with pytest.raises(ValueError, match="version"):
         AnalysisTracker.from_dict({**AnalysisTracker().to_dict(), "v": 99})
+
+
+# -- the consecutive-error limit (Prometheus not answering) --------------------------------------------
+
+def test_errors_are_counted_apart_and_only_a_run_of_them_rolls_back() -> None:
+    tracker = AnalysisTracker(failure_limit=1, inconclusive_limit=3, intervals_required=2, error_limit=3)
+    assert tracker.record_error("prometheus unreachable: down") == "continue"
+    assert tracker.record_error("prometheus unreachable: down") == "continue"
+    assert tracker.record("pass") == "continue"  # an answer resets the run of errors
+    assert tracker.consecutive_errors == 0 and tracker.failures == 0 and tracker.inconclusives == 0
+    for _ in range(2):
+        assert tracker.record_error("prometheus unreachable: down") == "continue"
+    assert tracker.record_error("prometheus unreachable: down") == "rollback"
+    assert tracker.reason == "Prometheus unreachable for 3 intervals in a row"
+
+
+def test_a_version_1_tracker_state_still_loads_with_the_default_error_limit() -> None:
+    state = AnalysisTracker(failure_limit=2).to_dict()
+    state = {k: v for k, v in state.items() if k not in ("error_limit", "consecutive_errors")} | {"v": 1}
+    tracker = AnalysisTracker.from_dict(state)
+    assert tracker.error_limit == 4 and tracker.consecutive_errors == 0 and tracker.failure_limit == 2
+    assert AnalysisTracker.from_dict(tracker.to_dict()) == tracker
+
+
+def test_unreachable_names_prometheus_only_when_no_check_was_read() -> None:
+    class Down:
+        def query(self, promql: str) -> float | None:
+            raise BackendUnavailable("prometheus", "connection refused")
+
+    checks = [Check("error_rate", "x", ">", 0.05), Check("p95", "y", ">", 1000)]
+    result = analyse(Down(), checks, {})
+    assert result.verdict == "fail" and (result.unreachable or "").startswith("prometheus unreachable")
+    assert "connection refused" in (result.unreachable or "")
+
+    class Up:
+        def query(self, promql: str) -> float | None:
+            return 0.001
+
+    assert analyse(Up(), checks, {}).unreachable is None

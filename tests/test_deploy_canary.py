@@ -206,13 +206,28 @@ def test_no_data_three_times_rolls_back(deployer: Deployer) -> None:
 
 
 def test_prometheus_down_rolls_back(deployer: Deployer) -> None:
-    """When the metrics source cannot be reached the analysis fails safe and the canary rolls back."""
+    """When the metrics source cannot be reached for `error_limit` (4) intervals in a row the analysis fails
+    safe and the canary rolls back, with one cause line (Argo Rollouts' consecutiveErrorLimit)."""
     deployer.sim().metrics.set("down", True)
     run_id = approved_canary(deployer)
-    run = deployer.wait_state(run_id)
+    run = deployer.wait_state(run_id, timeout=60)
     assert run.state == "rolled_back" and deployer.live_image() == OLD_IMAGE
-    assert [r["outcome"] for r in deployer.audit("deploy.analysis", run_id)] == ["fail"]
-    assert "prometheus unreachable" in (run.rollback_reason or ""), run.rollback_reason
+    assert [r["outcome"] for r in deployer.audit("deploy.analysis", run_id)] == ["error"] * 4
+    assert "Prometheus unreachable for 4 intervals in a row → rolled back" in (run.rollback_reason or ""), \
+        run.rollback_reason
+
+
+def test_a_short_prometheus_outage_does_not_roll_the_canary_back(deployer: Deployer) -> None:
+    """One interval without Prometheus is an error, not a failure: the canary goes on and is promoted."""
+    metrics = deployer.sim().metrics
+    metrics.set("down", True)
+    run_id = approved_canary(deployer)
+    wait_until(lambda: deployer.audit("deploy.analysis", run_id), 30, "a first analysis")
+    metrics.set("down", False)
+    run = deployer.wait_state(run_id, timeout=60)
+    assert run.state == "succeeded", run.rollback_reason
+    outcomes = [r["outcome"] for r in deployer.audit("deploy.analysis", run_id)]
+    assert outcomes[0] == "error" and "pass" in outcomes and "fail" not in outcomes
 
 
 # --- abort during execution ---------------------------------------------------------------------------------

@@ -209,6 +209,14 @@ class AnalysisResult:
         """One line, e.g. `error_rate=0.21 > 0.05 FAIL · p95_latency_ms=120 ok · order_success=0.995 ok`."""
         return " · ".join(c.summary() for c in self.checks)
 
+    @property
+    def unreachable(self) -> str | None:
+        """Why no check could be evaluated because Prometheus did not answer (None: it answered)."""
+        reasons = {c.detail for c in self.checks if c.verdict == "error" and c.detail.startswith("prometheus")}
+        if self.checks and len(reasons) == 1 and all(c.verdict == "error" for c in self.checks):
+            return reasons.pop()
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "checks": [asdict(c) for c in self.checks]}
 
@@ -268,12 +276,12 @@ class AnalysisTracker:
     Once decided, the tracker refuses further results (InvalidTransition).
     """
 
-    VERSION = 1
+    VERSION = 2  # 2 added the consecutive-error limit; version 1 states still load
 
     def __init__(self, *, failure_limit: int = 1, inconclusive_limit: int = 3,
-                 intervals_required: int = 1) -> None:
+                 intervals_required: int = 1, error_limit: int = 4) -> None:
         limits = {"failure_limit": failure_limit, "inconclusive_limit": inconclusive_limit,
-                  "intervals_required": intervals_required}
+                  "intervals_required": intervals_required, "error_limit": error_limit}
         problems = [f"{name} must be a whole number >= 1, not {value!r}" for name, value in limits.items()
                     if isinstance(value, bool) or not isinstance(value, int) or value < 1]
         if problems:
@@ -281,6 +289,8 @@ class AnalysisTracker:
         self.failure_limit = failure_limit
         self.inconclusive_limit = inconclusive_limit
         self.intervals_required = intervals_required
+        self.error_limit = error_limit  # Argo Rollouts' consecutiveErrorLimit: Prometheus not answering
+        self.consecutive_errors = 0
         self.passes = 0
         self.failures = 0
         self.inconclusives = 0
@@ -294,9 +304,21 @@ class AnalysisTracker:
     def decided(self) -> bool:
         return self.decision != "continue"
 
+    def record_error(self, why: str) -> Decision:
+        """An interval in which the metrics could not be read at all (Prometheus down or not answering):
+        counted apart from failed and inconclusive results; `error_limit` in a row roll back."""
+        if self.decided:
+            raise InvalidTransition("canary analysis", self.decision, "record")
+        self.consecutive_errors += 1
+        if self.consecutive_errors >= self.error_limit:
+            self.decision = "rollback"
+            self.reason = f"{why.split(':')[0].capitalize()} for {self.consecutive_errors} intervals in a row"
+        return self.decision
+
     def record(self, result: AnalysisResult | Verdict) -> Decision:
         """Add one interval's verdict; returns what the step should do now."""
         verdict = result.verdict if isinstance(result, AnalysisResult) else result
+        self.consecutive_errors = 0
         if verdict not in ("pass", "fail", "inconclusive"):
             raise ValueError(f"unknown verdict {verdict!r}")
         if self.decided:
@@ -324,7 +346,8 @@ class AnalysisTracker:
         return self.decision
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": self.VERSION, "failure_limit": self.failure_limit,
+        return {"v": self.VERSION, "error_limit": self.error_limit, "consecutive_errors": self.consecutive_errors,
+                "failure_limit": self.failure_limit,
                 "inconclusive_limit": self.inconclusive_limit, "intervals_required": self.intervals_required,
                 "passes": self.passes, "failures": self.failures, "inconclusives": self.inconclusives,
                 "consecutive_failures": self.consecutive_failures,
@@ -333,10 +356,11 @@ class AnalysisTracker:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AnalysisTracker:
-        if data.get("v") != cls.VERSION:
+        if data.get("v") not in (1, cls.VERSION):
             raise ValueError(f"unsupported analysis tracker state version {data.get('v')!r}")
         tracker = cls(failure_limit=data["failure_limit"], inconclusive_limit=data["inconclusive_limit"],
-                      intervals_required=data["intervals_required"])
+                      intervals_required=data["intervals_required"], error_limit=int(data.get("error_limit", 4)))
+        tracker.consecutive_errors = int(data.get("consecutive_errors", 0))
         for key in ("passes", "failures", "inconclusives", "consecutive_failures",
                     "consecutive_inconclusives"):
             setattr(tracker, key, int(data[key]))

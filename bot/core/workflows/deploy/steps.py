@@ -273,10 +273,21 @@ def canary(ctx: StepContext) -> str | None:
             ctx.save(applied=weight)
         tracker = (AnalysisTracker.from_dict(ctx.data["tracker"]) if ctx.data.get("tracker") else
                    AnalysisTracker(failure_limit=c["failure_limit"], inconclusive_limit=c["inconclusive_limit"],
-                                   intervals_required=c["intervals_per_step"]))
+                                   intervals_required=c["intervals_per_step"], error_limit=c.get("error_limit", 4)))
         while not tracker.decided:
             ctx.wait(float(c["interval_seconds"]))
             result = analyse(ctx.backends.metrics, checks, _variables(ctx))
+            down = result.unreachable
+            if down is not None:  # no metric could be read: an error, counted apart (consecutive limit)
+                decision = tracker.record_error(down)
+                ctx.audit("deploy.analysis", "error", weight=weight, decision=decision, cause=down,
+                          consecutive=tracker.consecutive_errors)
+                ctx.note(f"Canary {weight}%: *no analysis* — {down} ({tracker.consecutive_errors} of "
+                         f"{tracker.error_limit} in a row)")
+                ctx.save(tracker=tracker.to_dict(), analysis=f"no analysis at {weight}%: {down}"[:240])
+                if decision == "rollback":
+                    raise StepFailed(f"{tracker.reason} → rolled back (at {weight}%)")
+                continue
             decision = tracker.record(result)
             ctx.audit("deploy.analysis", result.verdict, weight=weight, decision=decision, summary=result.summary())
             ctx.note(f"Canary {weight}%: *{result.verdict}* — {result.summary()}")
