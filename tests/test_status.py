@@ -316,7 +316,7 @@ def test_status_shows_lock_and_active_run_with_its_step(make_bot: Any, kube: Fak
             break
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
-    assert "`production` is locked by alice for deploy run" in text
+    assert "`production` is locked by alice for run `r-" in text
     assert "v2.4 (rolling) — 🔄 Running, requested by alice — step 1/1: Roll out" in text
     assert "`v2.4`" in line(text, "Running")
 
