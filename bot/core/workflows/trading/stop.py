@@ -88,19 +88,23 @@ def api_stop(ctx: StepContext) -> str | None:
     reason = f"/stop-trading by {ctx.plan['requested_by']} (run {ctx.run_id})" + (
         f": {ctx.plan['reason']}" if ctx.plan.get("reason") else "")
     trading = ctx.backends.trading
-    try:
-        stop = trading.stop
+    attempt = 0
+    while True:  # retried here, not by the engine: when time is up the kill switch must still run
         try:
-            stop(reason, mode=mode)
-        except TypeError:  # an adapter without modes: its stop halts everything
-            stop(reason)
-    except BackendUnavailable as exc:
-        if ctx.left() > 0.5:
-            raise  # the engine retries within this step's short deadline
-        raise Skipped(f"the trading API did not answer ({exc.message}); the kill switch takes over") from None
-    except ChatOpsError as exc:
-        ctx.save(api_error=exc.message)
-        raise Skipped(f"the trading API refused ({exc.message}); the kill switch takes over") from None
+            trading.stop(reason, mode=mode)
+            break
+        except BackendUnavailable as exc:
+            attempt += 1
+            delay = STOP_RETRY.delay(attempt)
+            if ctx.left() <= delay + 1.0:
+                ctx.save(api_error=exc.message)
+                raise Skipped(f"the trading API did not answer ({exc.message}, {attempt} attempt(s)); the kill "
+                              "switch takes over") from None
+            ctx.note(f":warning: trading API: {exc.message} — retry {attempt} in {delay:.1f}s")
+            ctx.wait(delay)
+        except ChatOpsError as exc:
+            ctx.save(api_error=exc.message)
+            raise Skipped(f"the trading API refused ({exc.message}); the kill switch takes over") from None
     if not ctx.data.get("asked"):
         ctx.audit("trading.stop", "ok", mode=mode)
         ctx.effect("trading", "trading", "on", "stopped")
