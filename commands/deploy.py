@@ -66,13 +66,18 @@ def _canary_steps(config: Config) -> str:
                                         for name, env in config.environments.items())
 
 
-def _env_of(ctx: Ctx, name: str | None) -> str:
+def env_of(ctx: Ctx, name: str | None, usage: str | None = None) -> str:
+    """`--env` or the config's default_environment; a usage error naming the environments otherwise."""
     resolved = ctx.core.config.resolve_env(name)
     if resolved is None:
         known = ", ".join(ctx.core.config.environments)
         raise UnknownEnvironment("no environment given and no default_environment configured",
-                                 hint=f"Add --env ENV ({known}).", usage=SPEC.usage)
+                                 hint=f"Add --env ENV ({known}).", usage=usage or SPEC.usage)
     return resolved[0]
+
+
+def _env_of(ctx: Ctx, name: str | None) -> str:
+    return env_of(ctx, name, SPEC.usage)
 
 
 def _svc(ctx: Ctx) -> DeployService:

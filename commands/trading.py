@@ -8,7 +8,7 @@ from bot.config import Role
 from bot.core.model import Reply
 from bot.core.workflows.trading.resume import ResumeTradingService
 from bot.core.workflows.trading.stop import StopTradingService
-from bot.errors import UnknownEnvironment
+from commands.deploy import env_of
 from commands.dispatch import CommandEntry, Ctx
 from commands.grammar import CommandSpec, Flag, env_value, text_value
 
@@ -35,12 +35,7 @@ STOP_SPEC = CommandSpec(
 
 
 def _env_of(ctx: Ctx, name: str | None) -> str:
-    resolved = ctx.core.config.resolve_env(name)
-    if resolved is None:
-        known = ", ".join(ctx.core.config.environments)
-        raise UnknownEnvironment("no environment given and no default_environment configured",
-                                 hint=f"Add --env ENV ({known}).", usage=STOP_SPEC.usage)
-    return resolved[0]
+    return env_of(ctx, name, STOP_SPEC.usage)
 
 
 def _svc(ctx: Ctx) -> StopTradingService:

@@ -48,10 +48,6 @@ HELD_FOR_A_PERSON = timedelta(days=30)
 _EXECUTING = [s.value for s in EXECUTING]
 
 
-def workflow_of(store: RunStore, run: Run) -> Workflow:
-    return store.workflow(run)
-
-
 def effects_of(steps: Sequence[RunStep]) -> list[Change]:
     return left_changed(from_steps([s.data for s in steps]))
 
@@ -234,7 +230,7 @@ class Executor:
                     self._start_rollback(run_id, f"aborted by <@{run.abort_requested_by}>")
                     continue
                 failed = [s for s in main if s.status == StepStatus.failed.value]
-                if failed and not workflow_of(self.store, run).compensates:
+                if failed and not self.store.workflow(run).compensates:
                     self._finish(run_id, RunState.failed, f"“{failed[0].name}” failed: {failed[0].detail}")
                     return
                 if failed:  # a failure whose rollback never started (crash or engine error in between)

@@ -43,14 +43,19 @@ def _variables(ctx: StepContext) -> dict[str, str]:
             "version": ctx.plan["version"]}
 
 
-def _checks(ctx: StepContext, *, whole_service: bool = False) -> list[Check]:
+def plan_checks(checks: list[dict[str, Any]], *, whole_service: bool = False) -> list[Check]:
+    """The plan's checks; `whole_service` drops the canary selector (no canary: judge every version)."""
     out = []
-    for c in ctx.plan["checks"]:
+    for c in checks:
         query = c["query"]
-        if whole_service:  # after promotion there is no canary: judge every version together
+        if whole_service:
             query = re.sub(r',\s*version="canary"|version="canary"\s*,?', "", query)
         out.append(Check(c["name"], query, c["op"], float(c["threshold"]), c.get("unit", "")))
     return out
+
+
+def _checks(ctx: StepContext, *, whole_service: bool = False) -> list[Check]:
+    return plan_checks(ctx.plan["checks"], whole_service=whole_service)
 
 
 def wait_rollout(ctx: StepContext, ref: WorkloadRef, what: str) -> None:

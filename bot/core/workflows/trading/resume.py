@@ -15,7 +15,6 @@ stays recorded.
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -38,6 +37,7 @@ from bot.core.runs.store import RunStore, run_key
 from bot.core.runs.workflow import MAIN_RETRY, ROLLBACK_RETRY, Handler
 from bot.core.workflows.deploy.messages import STATE_TEXT, step_line
 from bot.core.workflows.deploy.plan import plan_hash
+from bot.core.workflows.deploy.steps import plan_checks
 from bot.errors import Conflict
 from bot.ids import ActionId, encode_value
 from bot.persistence.models import Approval, Run, RunStep
@@ -48,11 +48,7 @@ POLL = 0.5
 
 
 def _checks(ctx: StepContext) -> list[Check]:
-    out = []
-    for c in ctx.plan["checks"]:  # the whole service: there is no canary while trading resumes
-        query = re.sub(r',\s*version="canary"|version="canary"\s*,?', "", c["query"])
-        out.append(Check(c["name"], query, c["op"], float(c["threshold"]), c.get("unit", "")))
-    return out
+    return plan_checks(ctx.plan["checks"], whole_service=True)  # no canary while trading resumes
 
 
 def restore_replicas(ctx: StepContext) -> str | None:
