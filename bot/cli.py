@@ -43,8 +43,17 @@ class RedactingFormatter(logging.Formatter):
         return redact_text(super().format(record))
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the moment of the record, not the one at setup: a process that
+    swaps its stderr (a test runner capturing output, a daemon redirecting it) never logs into a closed file."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr(sys.stderr)
     handler.setFormatter(RedactingFormatter(settings.log_format == "json"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -231,6 +231,8 @@ def test_rollback_that_cannot_finish_keeps_the_lock_and_can_be_continued(flaky: 
     assert "could not finish" in (run.outcome or "") and "left behind" in (run.outcome or "")
     assert f"canary {DEPLOYMENT}-canary" in (run.outcome or "")  # the canary still takes traffic ...
     assert f.world.has_canary() and f.replicas() == 2  # ... as the cluster shows: 2 stable, the canary up
+    # the alert goes out through the outbox, after the run's own transaction: wait for its delivery
+    _wait(lambda: any("FAILED and needs a person" in t for t in f.incident_texts()), 30, "the incident alert")
     alert = next(t for t in f.incident_texts() if "FAILED and needs a person" in t)
     assert "What the backends show now" in alert and f"{DEPLOYMENT} replicas: 2" in alert
     assert "/rollback --env production" in alert
