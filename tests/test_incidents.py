@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from bot.core.runs.context import describe_duration
 from bot.persistence.models import AuditRecord
-from tests.test_deploy_support import STAGING_INCIDENT, wait_until
+from tests.test_deploy_support import STAGING_INCIDENT
 from tests.test_incidents_support import (  # noqa: F401  (fixtures)
     ALICE,
     CAROL,
@@ -151,3 +151,48 @@ def test_console_declares_and_resolves_an_incident(tmp_path, monkeypatch) -> Non
     assert "invited: erin, user group S0ONCALL1" in output
     assert "Ticked “Document rollback reason and timeline”" in output
     assert "Resolved INC-1: time to recover" in output and "MTTR" in output
+
+
+def test_the_whole_flow_on_both_databases(oncall_slack, database_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Declare, tick, note, timeline, resolve and list on SQLite and on a real PostgreSQL (row locks, the
+    channel look-up, the MTTR query)."""
+    from tests.test_deploy_support import start_deploy_bot
+    from tests.test_incidents_support import incident_config
+
+    r = Responder(start_deploy_bot(oncall_slack, database_url, incident_config(tmp_path)))
+    try:
+        incident_id = r.declare("pg flow")
+        channel = r.channel(incident_id)
+        assert r.click_item(f"incident:{incident_id}", "Tick 5", ALICE).startswith("Ticked")
+        r.incident("note looking", ALICE, channel=channel)
+        timeline = r.incident("timeline", ALICE, channel=channel)
+        assert timeline.index("incident.declared") < timeline.index("checklist.tick") < timeline.index("looking")
+        assert "time to recover" in r.incident("resolve fixed", channel=channel)
+        assert "over 1 resolved incident" in r.incident("list", ALICE)
+    finally:
+        r.stop()
+
+
+def test_the_core_api_takes_an_alert_group_and_when_it_began(responder: Responder) -> None:
+    """What alert intake calls: declare() with an alert group, its link and its start; the message shows the
+    group, and the time to recover counts from the alert's start, not from the declaration."""
+    from datetime import timedelta
+
+    from bot.core.incidents import IncidentService
+    from bot.core.model import Actor
+    from bot.timeutil import utcnow
+
+    core = responder.container.core
+    began = utcnow() - timedelta(minutes=10)
+    with core.db.transaction() as session:
+        incident, _reply = IncidentService(core.config, core.outbox, core.authorizer).declare(
+            session, actor=Actor("alertmanager", "Alertmanager"), env_name="staging", title="HighErrorRate",
+            correlation_id="am-1", severity=1, alert_group_id='{}:{alertname="HighErrorRate"}',
+            alert_link="http://127.0.0.1:9093/#/alerts", started_at=began)
+        incident_id = incident.id
+    intro = text_of(responder.intro(incident_id))
+    assert 'alertname="HighErrorRate"' in intro and "http://127.0.0.1:9093/#/alerts" in intro
+    reply = responder.incident(f"resolve --id INC-{incident_id}")
+    row = responder.row(incident_id)
+    assert (row.resolved_at - row.started_at).total_seconds() >= 600
+    assert describe_duration((row.resolved_at - row.started_at).total_seconds()) in reply

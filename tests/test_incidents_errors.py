@@ -70,7 +70,8 @@ def test_only_operators_declare_and_the_refusal_is_audited(responder: Responder)
 
 def test_status_and_resolve_need_an_operator_notes_any_role(responder: Responder) -> None:
     """In the incident's channel: alice (deployer) may add notes but not post status or resolve; bob (no role in
-    staging) may do nothing there; someone without any role may not even list; each refusal is audited as denied and changes nothing."""
+    staging) may do nothing there; someone without any role may not even list; each refusal is audited as
+    denied and changes nothing."""
     incident_id = responder.declare()
     channel = responder.channel(incident_id)
     assert "may not post status updates of INC-" in responder.incident("status all good", ALICE, channel=channel)
