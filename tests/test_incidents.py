@@ -196,3 +196,17 @@ def test_the_core_api_takes_an_alert_group_and_when_it_began(responder: Responde
     row = responder.row(incident_id)
     assert (row.resolved_at - row.started_at).total_seconds() >= 600
     assert describe_duration((row.resolved_at - row.started_at).total_seconds()) in reply
+
+
+def test_posts_into_the_channel_wait_for_a_create_that_slack_refused_once(responder: Responder) -> None:
+    """conversations.create answers 503 once: the outbox retries it, and the invitation and the posts into
+    the new channel are held behind it and arrive there in order."""
+    responder.fake.fail_next("conversations.create", status=503)
+    incident_id = responder.declare("retry me")
+    channel = responder.channel(incident_id)
+    creates = responder.fake.calls_to("conversations.create")
+    assert [c.faulted for c in creates] == [True, False]
+    responder.d.bot.settle()
+    texts = [m.get("text", "") for m in responder.fake.messages_in(channel)]
+    assert len(texts) == 2 and texts[0].startswith(f"INC-{incident_id} retry me") and "checklist" in texts[1]
+    assert ERIN in responder.fake.channel_members[channel]
