@@ -17,6 +17,8 @@ class ActionId(StrEnum):
     #: App Home buttons, value {"env": name}: start /stop-trading or /rollback for that environment
     stop_trading = "stop_trading.start"
     rollback = "rollback.start"
+    #: a checklist item's Tick / Untick (bot/core/checklists.py), value {"c": checklist id, "i": item, "d": 1|0}
+    checklist_tick = "checklist.tick"
 
 
 def encode_value(payload: dict[str, Any]) -> str:
