@@ -56,15 +56,15 @@ def silence_url(group: AlertGroup) -> str | None:
     return f"{group.external_url.rstrip('/')}/#/silences/new?filter={quote('{' + matchers + '}', safe='')}"
 
 
-def _distinct(labels: dict[str, str], common: dict[str, str]) -> str:
-    """What tells one alert of the group from the others: its labels the group does not share."""
-    own = [(k, v) for k, v in sorted(labels.items()) if k != "alertname" and common.get(k) != v]
+def _distinct(labels: dict[str, str], grouped: dict[str, str]) -> str:
+    """What tells one alert of the group from the others: its labels beyond the group's own."""
+    own = [(k, v) for k, v in sorted(labels.items()) if k not in grouped and k not in ("alertname", "severity")]
     return " ".join(f"{user_text(k)}=`{user_text(v)[:80]}`" for k, v in own[:4])
 
 
 def _alert_line(name: str, labels: dict[str, str], annotations: dict[str, str], group: AlertGroup) -> str:
     line = f"• *{user_text(name)}*"
-    own = _distinct(labels, group.common_labels)
+    own = _distinct(labels, group.group_labels)
     if own:
         line += f" {own}"
     summary = annotations.get("summary") or annotations.get("description")
