@@ -125,21 +125,23 @@ def test_late_retry_of_firing_does_not_reopen(alert_bot: RunningBot, slack: Fake
 def test_refiring_within_window_reopens_thread(alert_bot: RunningBot, slack: FakeSlack) -> None:
     """A group firing again (later startsAt) within the reopen window reuses its root and thread."""
     post_alert(alert_bot, sim.notification([_firing()]))
-    post_alert(alert_bot, sim.notification([sim.alert("HighErrorRate", status="resolved", starts_at=T0)]))
-    post_alert(alert_bot, sim.notification([sim.alert("HighErrorRate", starts_at=T0 + timedelta(hours=1))]))
+    post_alert(alert_bot, sim.notification([sim.alert("HighErrorRate", status="resolved", starts_at=T0,
+                                                      ends_at=T0 + timedelta(minutes=3))]))
+    post_alert(alert_bot, sim.notification([sim.alert("HighErrorRate", starts_at=T0 + timedelta(minutes=50))]))
     alert_bot.settle()
     [root] = roots(slack, STAGING_INCIDENT)
     assert "FIRING" in slack.message(STAGING_INCIDENT, root["ts"])["text"]
-    assert "Firing again" in thread(slack, STAGING_INCIDENT, root["ts"])[-1]["text"]
+    assert "Firing again* 47m after it resolved" in thread(slack, STAGING_INCIDENT, root["ts"])[-1]["text"]
 
 
 def test_refiring_after_window_starts_new_root(slack: FakeSlack, tmp_path: Path) -> None:
-    """With a reopen window of 0 minutes, a group firing again after it resolved gets a new root message."""
+    """With a reopen window of 0 minutes, a group firing again a minute after it resolved gets a new root."""
     bot = start_alert_bot(slack, tmp_path, config=alert_config(tmp_path, reopen_minutes=0))
     try:
         post_alert(bot, sim.notification([_firing()]))
-        post_alert(bot, sim.notification([sim.alert("HighErrorRate", status="resolved", starts_at=T0)]))
-        post_alert(bot, sim.notification([sim.alert("HighErrorRate", starts_at=T0 + timedelta(hours=1))]))
+        post_alert(bot, sim.notification([sim.alert("HighErrorRate", status="resolved", starts_at=T0,
+                                                    ends_at=T0 + timedelta(minutes=3))]))
+        post_alert(bot, sim.notification([sim.alert("HighErrorRate", starts_at=T0 + timedelta(minutes=4))]))
         bot.settle()
         first, second = roots(slack, STAGING_INCIDENT)
         assert slack.message(STAGING_INCIDENT, first["ts"])["text"].startswith("RESOLVED")

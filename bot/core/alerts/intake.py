@@ -133,7 +133,7 @@ class AlertIntake:
             grp.resolved_at = max((a.ends_at for a in changes.resolved if a.ended), default=now)
             all_resolved_after = (aware(grp.resolved_at) - aware(grp.opened_at)).total_seconds()  # type: ignore[operator]
         elif grp.status == "firing" and was == "resolved" and not opened:
-            reopened_after = (now - (aware(grp.resolved_at) or now)).total_seconds()
+            reopened_after = max(0.0, (_refired_at(n, now) - (aware(grp.resolved_at) or now)).total_seconds())
             grp.reopened += 1
             grp.resolved_at = None
         if not (changes.firing or changes.resolved) and not opened:
@@ -157,10 +157,7 @@ class AlertIntake:
         ghash = group_hash(n.group_key)
         latest = self._latest(session, ghash, where.channel)
         if latest is not None:
-            resolved_at = aware(latest.resolved_at)
-            window = timedelta(minutes=self.config.alerts.reopen_minutes)
-            fires = any(a.status == "firing" for a in n.alerts)
-            if latest.status == "firing" or resolved_at is None or not fires or now - resolved_at <= window:
+            if latest.status == "firing" or not _beyond_window(latest, n, self.config.alerts.reopen_minutes):
                 return latest, False
         episode = (latest.episode + 1) if latest is not None else 1
         opened_at = min((a.starts_at for a in n.alerts), default=now)
@@ -249,3 +246,16 @@ class AlertIntake:
         if resolved:
             event("resolved", changes.resolved)
 
+
+
+def _refired_at(n: Notification, now: datetime) -> datetime:
+    """When the group fired again: its newest firing alert's start (the alerts' own clock, not ours)."""
+    return max((a.starts_at for a in n.alerts if a.status == "firing"), default=now)
+
+
+def _beyond_window(latest: AlertGroup, n: Notification, reopen_minutes: float) -> bool:
+    """Whether this notification fires a resolved group again later than the reopen window allows."""
+    resolved_at = aware(latest.resolved_at)
+    if resolved_at is None or not any(a.status == "firing" for a in n.alerts):
+        return False
+    return _refired_at(n, resolved_at) - resolved_at > timedelta(minutes=reopen_minutes)
