@@ -188,7 +188,8 @@ class SeverityRoute(_Strict):
 def default_severity_routes() -> dict[str, SeverityRoute]:
     """Runbook 7.4: critical pages the incident channel (@here), high goes there quietly, medium to alerts."""
     return {"critical": SeverityRoute(channel="incident", mention="here"),
-            "high": SeverityRoute(channel="incident"), "medium": SeverityRoute(channel="alerts")}
+            "high": SeverityRoute(channel="incident", mention="none"),
+            "medium": SeverityRoute(channel="alerts", mention="none")}
 
 
 class AlertRoute(_Strict):
@@ -235,6 +236,10 @@ class EnvAlertSettings(_Strict):
                                                       "runbook 7.4 defaults, per severity")
 
 
+SEVERITY_ALIASES: dict[str, Severity] = {"critical": "critical", "page": "critical", "high": "high", "error": "high",
+                                         "medium": "medium", "warning": "medium", "info": "medium", "low": "medium"}
+
+
 class AlertSettings(_Strict):
     """Alert intake (`POST /alerts/alertmanager`): where alerts go and how they are read."""
 
@@ -242,10 +247,8 @@ class AlertSettings(_Strict):
                                 "medium ones where the environment has no channels.alerts")
     env_label: str = Field("env", description="the label naming the environment")
     severity_label: str = Field("severity", description="the label naming the severity")
-    severity_aliases: dict[str, Severity] = Field(
-        default_factory=lambda: {"critical": "critical", "page": "critical", "high": "high", "error": "high",
-                                 "medium": "medium", "warning": "medium", "info": "medium", "low": "medium"},
-        description="label value -> severity; anything else is medium")
+    severity_aliases: dict[str, Severity] = Field(default_factory=lambda: dict(SEVERITY_ALIASES),
+                                                  description="label value -> severity; anything else is medium")
     reopen_minutes: float = Field(60.0, ge=0, le=10080, description="a group firing again within this long "
                                   "after it resolved reopens its thread instead of starting a new one")
     routes: list[AlertRoute] = Field(default_factory=list, description="label matchers for every environment")
@@ -362,7 +365,8 @@ class Environment(_Strict):
     rollout_timeout_seconds: float = Field(600.0, ge=5)
     monitor_seconds: float = Field(900.0, ge=0, description="default procedure: monitoring window (runbook 5.4)")
     status: StatusSettings = Field(default_factory=StatusSettings, description="/status and App Home")
-    alerts: EnvAlertSettings = Field(default_factory=EnvAlertSettings, description="alert routing")
+    alerts: EnvAlertSettings = Field(default_factory=lambda: EnvAlertSettings.model_validate({}),
+                                     description="alert routing")
 
     @model_validator(mode="after")
     def _jobs_known(self) -> Environment:
@@ -406,7 +410,8 @@ class Config(_Strict):
     roles: dict[Role, list[str]] = Field(default_factory=dict, description="grants in every environment")
     environments: dict[str, Environment]
     default_environment: str | None = None
-    alerts: AlertSettings = Field(default_factory=AlertSettings, description="alert intake and routing")
+    alerts: AlertSettings = Field(default_factory=lambda: AlertSettings.model_validate({}),
+                                  description="alert intake and routing")
 
     @field_validator("people")
     @classmethod
