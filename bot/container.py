@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import CheckSettings, Config, load_config
 from bot.core import deploy_dead
+from bot.core.alerts import AlertIntake
 from bot.core.context import Core
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends
@@ -161,6 +162,7 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     core.resume_trading = ResumeTradingService(config, store, default_check_settings)
     resume_workflow.store = store
     core.executor = executor
+    core.alerts = AlertIntake(config, db, outbox)
     owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
     pending = PendingRunner(db, tasks, dispatcher.rebuild, owner=owner)
     writer = BatchWriter(db, owner=owner, lease_seconds=pending.lease_seconds)

@@ -31,3 +31,4 @@ class Core:
     resume_trading: Any = None  # bot.core.workflows.trading.resume.ResumeTradingService
     #: one environment's backends (bot.core.ports.EnvBackends), for live reads such as /status
     env_backends: Callable[[str], Any] | None = None
+    alerts: Any = None  # bot.core.alerts.AlertIntake: alert groups, their hooks and root actions
