@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot.core.model import Reply
@@ -383,9 +383,9 @@ class OutboxWorker:
 
     def pending_due(self) -> int:
         with self.db.read() as session:
-            return len(session.execute(
-                select(OutboxMessage.id).where(OutboxMessage.status == "pending")
-            ).all())
+            return int(session.execute(
+                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "pending")
+            ).scalar_one())
 
     def drain_once(self) -> int:
         """Deliver every due row, in id order per channel. Returns how many calls were attempted."""

@@ -28,6 +28,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: the newest migration; tests/test_persistence.py checks it against Alembic's own view of the scripts.
 #: Knowing it without importing Alembic keeps start-up and /readyz cheap when nothing needs migrating.
 SCHEMA_HEAD = "0008"
+#: execution option of the read-only sessions' connections
+READ_ONLY = "chatops_read_only"
 #: how long /readyz may wait for the database (connect, lock, write) before it says "not ready"
 READINESS_TIMEOUT_S = 2.0
 #: SQLite messages meaning the connection itself is unusable for writing until it is reopened
@@ -50,7 +52,10 @@ def _sqlite_setup(engine: Engine, on_connect: Any) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock at BEGIN, so that two writers never deadlock upgrading their
+        # locks; a reader (Database.read) begins deferred: in WAL mode it reads a snapshot and never
+        # blocks a writer, nor waits for one.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def _recycle_broken_connections(engine: Engine, dialect: str) -> None:
@@ -101,6 +106,7 @@ class Database:
             _sqlite_setup(self.engine, self._remember_file)
         _recycle_broken_connections(self.engine, self.dialect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     def _remember_file(self) -> None:
         """Note which file the first connection opened, so /readyz notices it deleted or replaced."""
@@ -136,7 +142,8 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        with self._sessions() as session:
+        """A session for reading only (never committed; on SQLite it does not take the write lock)."""
+        with self._readers() as session:
             yield session
 
     # --- migrations ---------------------------------------------------------------------------
