@@ -201,7 +201,8 @@ class AlertmanagerClient:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
-            response = self._client.request(method, self.base_url + path, json=body, params=params,
+            response = self._client.request(method, self.base_url + path, json=body,
+                                            params=httpx.QueryParams(params or []),
                                             headers=headers, timeout=self.timeout)
         except httpx.TimeoutException:
             raise BackendUnavailable(SYSTEM, f"{what} timed out after {self.timeout:g} s",
