@@ -164,7 +164,7 @@ class AlertmanagerClient:
 
     def list_silences(self, *, matchers: list[Matcher] | None = None) -> list[Silence]:
         """Every silence Alertmanager holds (expired ones too), optionally filtered by matchers."""
-        params = [("filter", str(m)) for m in matchers or []]
+        params = tuple(("filter", str(m)) for m in matchers or [])
         data = self._json(self._call("GET", "/api/v2/silences", None, params=params))
         if not isinstance(data, list):
             raise IntegrationError(SYSTEM, "GET /api/v2/silences did not answer a list")
@@ -195,14 +195,14 @@ class AlertmanagerClient:
         return text.replace(self._token, "***") if self._token else text
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None, *,
-              params: list[tuple[str, str]] | None = None, not_found: str | None = None) -> httpx.Response:
+              params: tuple[tuple[str, str], ...] = (), not_found: str | None = None) -> httpx.Response:
         what = f"{method} {path}"
         headers = {"Accept": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
             response = self._client.request(method, self.base_url + path, json=body,
-                                            params=httpx.QueryParams(params or []),
+                                            params=params,
                                             headers=headers, timeout=self.timeout)
         except httpx.TimeoutException:
             raise BackendUnavailable(SYSTEM, f"{what} timed out after {self.timeout:g} s",
