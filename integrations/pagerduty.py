@@ -194,9 +194,11 @@ def routing_keys_from_env(names: dict[str, str]) -> RoutingKeys:
 class PagerDutyTransport:
     """The outbox `Transport` for rows of kind `pagerduty` (payload {"env", "event"})."""
 
-    def __init__(self, client: PagerDutyClient, routing_keys: RoutingKeys) -> None:
+    def __init__(self, client: PagerDutyClient, routing_keys: RoutingKeys, *,
+                 clients: dict[str, PagerDutyClient] | None = None) -> None:
         self.client = client
         self.routing_keys = routing_keys
+        self.clients = clients or {}  # an environment with its own base URL (another region)
 
     def deliver(self, kind: str, channel: str | None, payload: dict[str, Any]) -> Delivered:
         if kind != "pagerduty":
@@ -210,7 +212,7 @@ class PagerDutyTransport:
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentError(f"malformed PagerDuty event: {exc}") from None
         try:
-            self.client.send(event, key)
+            self.clients.get(env, self.client).send(event, key)
         except PagerDutyRateLimited as exc:
             raise RateLimited(exc.retry_after) from None
         except BackendUnavailable as exc:
