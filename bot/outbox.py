@@ -32,7 +32,7 @@ from bot.core.model import Reply
 from bot.metrics import Metrics
 from bot.persistence.audit import AuditEntry, append
 from bot.persistence.db import Database
-from bot.persistence.models import OutboxMessage, SlackMessage
+from bot.persistence.models import OutboxMessage, SlackMessage, affected
 from bot.timeutil import aware, utcnow
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class RetryPolicy:
     def delay(self, attempts: int, rng: random.Random) -> float:
         full = min(self.cap_seconds, self.base_seconds * 2 ** min(attempts, 30))
         spread = full * self.jitter * rng.random()
-        return full + spread if full + spread <= self.cap_seconds else full - spread
+        return float(full + spread if full + spread <= self.cap_seconds else full - spread)
 
 
 # --- enqueueing -----------------------------------------------------------------------------
@@ -357,10 +357,10 @@ class OutboxWorker:
 
         cutoff = utcnow() - older_than
         with self.db.transaction() as session:
-            sent = session.execute(delete(OutboxMessage).where(OutboxMessage.status == "sent",
-                                                               OutboxMessage.sent_at < cutoff)).rowcount
-            keys = session.execute(delete(ProcessedRequest).where(ProcessedRequest.created_at < cutoff)).rowcount
-        return int(sent or 0) + int(keys or 0)
+            sent = affected(session.execute(delete(OutboxMessage).where(OutboxMessage.status == "sent",
+                                                                        OutboxMessage.sent_at < cutoff)))
+            keys = affected(session.execute(delete(ProcessedRequest).where(ProcessedRequest.created_at < cutoff)))
+        return sent + keys
 
     def _next_wait(self, poll_seconds: float) -> float:
         with self.db.read() as session:
@@ -427,7 +427,7 @@ class OutboxWorker:
                            OutboxMessage.claimed_by == self.worker_id))
                 .values(claimed_by=self.worker_id, claimed_until=now + timedelta(seconds=self.claim_seconds))
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return affected(result) == 1
 
     def _renew(self, row_id: int) -> bool:
         with self.db.transaction() as session:
@@ -437,7 +437,7 @@ class OutboxWorker:
                        OutboxMessage.claimed_by == self.worker_id)
                 .values(claimed_until=self.clock() + timedelta(seconds=self.claim_seconds))
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return affected(result) == 1
 
     # deadlines
     def _deadline(self, row: OutboxMessage) -> datetime:

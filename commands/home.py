@@ -106,7 +106,7 @@ def _stop_trading(value: dict[str, Any], ctx: Ctx) -> Reply:
     """The Home tab's Stop trading: the same run as `/stop-trading --env ENV` (graceful)."""
     assert ctx.session is not None
     env = str(value.get("env"))
-    reply = ctx.core.stop_trading.request(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,
+    reply: Reply = ctx.core.stop_trading.request(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,
                                           correlation_id=ctx.correlation_id, env_name=env,
                                           reason="from the App Home tab", emergency=False)
     if ctx.channel_id is None and ctx.response_url is None:

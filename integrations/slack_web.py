@@ -33,7 +33,10 @@ class SlackWebTransport:
         if kind == "respond":
             return self._respond(payload)
         try:
+            if kind in ("post", "ephemeral") and not channel:
+                raise PermanentError(f"{kind} without a channel")
             if kind == "post":
+                assert channel is not None
                 resp = self.client.chat_postMessage(channel=channel, **_message_args(payload))
                 return Delivered(channel=resp.get("channel", channel), ts=resp.get("ts"))
             if kind == "update":
@@ -41,6 +44,7 @@ class SlackWebTransport:
                                                **_message_args(payload))
                 return Delivered(channel=payload["channel"], ts=payload["ts"])
             if kind == "ephemeral":
+                assert channel is not None
                 resp = self.client.chat_postEphemeral(channel=channel, user=payload["user"],
                                                       **_message_args(payload))
                 return Delivered(channel=channel, ts=resp.get("message_ts"))

@@ -281,13 +281,13 @@ def environment_statuses(core: Any, envs: Iterable[str], session: Session | None
     out = []
     for name in names:
         mine = [(p, value) for p, value in results if p.env == name]
-        part = {p.part: value for p, value in mine if p.part != "kpi"}
+        parts = {p.part: value for p, value in mine if p.part != "kpi"}
         kpis = [_kpi(p.kpi, value) for p, value in mine if p.kpi is not None]
         labels = {kind: label for key, label in core.backends.items()
                   for env_name, _, kind in [key.partition(".")] if env_name == name}
         missing = Unavailable("no backends are wired for this environment")
-        out.append(EnvStatus(name, core.config.environments[name], part.get("kubernetes", missing),
-                             part.get("trading", missing), part.get("health", missing), kpis, runs[name], labels,
+        out.append(EnvStatus(name, core.config.environments[name], parts.get("kubernetes", missing),
+                             parts.get("trading", missing), parts.get("health", missing), kpis, runs[name], labels,
                              (time.monotonic() - started) * 1000))
     return out
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from json.encoder import encode_basestring as _escape  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _escape
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from bot.core.redact import redact
-from bot.persistence.models import AuditHead, AuditRecord
+from bot.persistence.models import AuditHead, AuditRecord, table_of
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
@@ -93,12 +93,12 @@ def append(session: Session, entry: AuditEntry) -> dict[str, Any]:
 
     Plain statements, not ORM objects: this runs for every command, and the head row lock is what
     serialises appenders, so the less time spent holding it the better."""
-    head_table, table = AuditHead.__table__, AuditRecord.__table__
+    head_table, table = table_of(AuditHead), table_of(AuditRecord)
     seq, prev_hash = session.execute(
         select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
     ).one()
     values: dict[str, Any] = {
-        "seq": seq + 1,
+        "seq": int(str(seq)) + 1,
         "ts": now_iso(),
         "actor_id": entry.actor_id,
         "actor_name": entry.actor_name,
@@ -121,11 +121,12 @@ def append_many(session: Session, entries: list[AuditEntry]) -> None:
     one head update for all of them, chained in order."""
     if not entries:
         return
-    head_table, table = AuditHead.__table__, AuditRecord.__table__
+    head_table, table = table_of(AuditHead), table_of(AuditRecord)
     seq, prev_hash = session.execute(
         select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
     ).one()
     rows = []
+    seq = int(str(seq))
     for entry in entries:
         seq += 1
         values: dict[str, Any] = {
@@ -159,7 +160,7 @@ def verify(session: Session) -> VerifyResult:
     if head is None:
         return VerifyResult(False, 0, None, "the audit head row is missing")
     head_seq, head_hash = head
-    table = AuditRecord.__table__
+    table = table_of(AuditRecord)
     columns = [table.c[name] for name in _SORTED_FIELDS] + [table.c.hash]
     seq_at = _SORTED_FIELDS.index("seq")
     prev_at = _SORTED_FIELDS.index("prev_hash")

@@ -182,9 +182,9 @@ class Database:
         return True, "ok"
 
     def _write_heartbeat(self, timeout: float) -> None:
-        from bot.persistence.models import DbHeartbeat
+        from bot.persistence.models import DbHeartbeat, table_of
 
-        table = DbHeartbeat.__table__
+        table = table_of(DbHeartbeat)
         values = {"id": 1, "checked_at": datetime.now(UTC), "checked_by": self.instance}
         with self.engine.connect() as conn:
             if self.dialect == "sqlite":
@@ -223,7 +223,8 @@ def _current_revision(conn: Any) -> str | None:
 
     if not inspect(conn).has_table("alembic_version"):
         return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+    revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+    return None if revision is None else str(revision)
 
 
 def _is_connection_error(exc: SQLAlchemyError) -> bool:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot.persistence.models import PendingCommand, ProcessedRequest
+from bot.persistence.models import PendingCommand, ProcessedRequest, affected, table_of
 
 
 def _insert(session: Session) -> Any:
@@ -27,7 +27,7 @@ def _insert(session: Session) -> Any:
 def claim(session: Session, key: str, kind: str) -> bool:
     """Claim `key` in the caller's transaction; False when it was claimed before (here or by another
     process). INSERT ... ON CONFLICT DO NOTHING: no savepoint, no exception on the duplicate path."""
-    table = ProcessedRequest.__table__
+    table = table_of(ProcessedRequest)
     stmt = (_insert(session)(table).values(key=key[:200], kind=kind, created_at=datetime.now(UTC))
             .on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key))
     # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement
@@ -39,7 +39,7 @@ def claim_many(session: Session, keys: list[tuple[str, str]]) -> list[bool]:
     only the first time."""
     if not keys:
         return []
-    table = ProcessedRequest.__table__
+    table = table_of(ProcessedRequest)
     now = datetime.now(UTC)
     unique = list(dict.fromkeys(k[:200] for k, _ in keys))
     kinds = {k[:200]: kind for k, kind in reversed(keys)}
@@ -59,7 +59,7 @@ def add_pending_many(session: Session, items: list[tuple[str, str, dict[str, Any
     one whose delivery is already pending."""
     if not items:
         return []
-    table = PendingCommand.__table__
+    table = table_of(PendingCommand)
     now = datetime.now(UTC)
     until = now + timedelta(seconds=lease_seconds)
     first: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -79,12 +79,12 @@ def add_pending_many(session: Session, items: list[tuple[str, str, dict[str, Any
 
 def finish_pending(session: Session, key: str) -> None:
     """The delivery's job is done (committed with it): nobody will run it again."""
-    table = PendingCommand.__table__
+    table = table_of(PendingCommand)
     session.execute(delete(table).where(table.c.key == key[:200]))
 
 
 def renew_pending(session: Session, owner: str, keys: Iterable[str], lease_seconds: float) -> None:
-    table = PendingCommand.__table__
+    table = table_of(PendingCommand)
     keys = [k[:200] for k in keys]
     if keys:
         session.execute(update(table).where(table.c.claimed_by == owner, table.c.key.in_(keys))
@@ -97,15 +97,16 @@ def lease_expired(session: Session, owner: str, lease_seconds: float, *, limit: 
     first, each with a compare-and-set so that two processes never take the same one. Returns
     (key, kind, payload, attempts) of each row taken."""
     now = datetime.now(UTC)
-    table = PendingCommand.__table__
+    table = table_of(PendingCommand)
     free = or_(table.c.claimed_until.is_(None), table.c.claimed_until < now)
     rows = session.execute(select(table.c.key, table.c.kind, table.c.payload, table.c.attempts).where(free)
                            .order_by(table.c.created_at).limit(limit)).all()
-    taken = []
-    for key, kind, payload, attempts in rows:
+    taken: list[tuple[str, str, dict[str, Any], int]] = []
+    for key, kind, payload, tries in rows:
+        attempts = int(str(tries))
         result = session.execute(
             update(table).where(table.c.key == key, free)
             .values(claimed_by=owner, claimed_until=now + timedelta(seconds=lease_seconds), attempts=attempts + 1))
-        if result.rowcount == 1:
-            taken.append((key, kind, dict(payload), attempts + 1))
+        if affected(result) == 1:
+            taken.append((str(key), str(kind), dict(cast(dict[str, Any], payload)), attempts + 1))
     return taken

@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CursorResult,
+    DateTime,
+    Index,
+    Integer,
+    Result,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class, for plain statements (SQLAlchemy types `__table__` as any FromClause)."""
+    return cast(Table, model.__table__)
+
+
+def affected(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE changed (its result is a CursorResult; `Session.execute` is typed as any Result)."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 class AuditRecord(Base):

@@ -16,7 +16,7 @@ stays recorded.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -31,13 +31,13 @@ from bot.core.model import Actor, Reply
 from bot.core.ports import EnvBackends, WorkloadRef
 from bot.core.runs.context import StepContext, StepFailed, describe_duration
 from bot.core.runs.effects import Change
-from bot.core.runs.spec import RetryPolicy, StepSpec
+from bot.core.runs.spec import StepSpec
 from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
-from bot.core.runs.workflow import MAIN_RETRY, ROLLBACK_RETRY, Handler
-from bot.core.workflows.deploy.messages import STATE_TEXT, step_line
+from bot.core.runs.workflow import Handler
 from bot.core.workflows.deploy.plan import plan_hash
 from bot.core.workflows.deploy.steps import plan_checks
+from bot.core.workflows.trading.base import TradingWorkflow
 from bot.errors import Conflict
 from bot.ids import ActionId, encode_value
 from bot.persistence.models import Approval, Run, RunStep
@@ -121,59 +121,33 @@ def halt_again(ctx: StepContext) -> str | None:
 HANDLERS: dict[str, Handler] = {"restore_replicas": restore_replicas, "stages": stages, "halt_again": halt_again}
 
 
-class ResumeTradingWorkflow:
+class ResumeTradingWorkflow(TradingWorkflow):
     kind = KIND
     audit_prefix = "resume_trading"
+    icon = "▶️"
     compensates = True  # an abort or a bad KPI halts trading again
-    takes_lock = False
+    deadline_seconds = 300.0
+    handler_table = HANDLERS
 
     def __init__(self, config: Config, backends: Callable[[str], EnvBackends]) -> None:
-        self.config = config
-        self.backends = backends
+        super().__init__(config, backends)
         self.store: RunStore | None = None
-        self.handlers: Mapping[str, Handler] = HANDLERS
-
-    def plan_of(self, run: Run) -> Any:
-        return run.plan
-
-    def main_spec(self, run: Run, idx: int) -> StepSpec:
-        return StepSpec.from_json(run.plan["steps"][idx])
 
     def compensation(self, run: Run, steps: Sequence[RunStep]) -> list[StepSpec]:
         touched = any(s.kind == "stages" and s.status != StepStatus.pending.value for s in steps)
         return [StepSpec(0, "halt_again", "Halt trading again", timeout=60.0)] if touched else []
-
-    def retry_policy(self, run: Run, spec: StepSpec, phase: Phase) -> RetryPolicy:
-        return ROLLBACK_RETRY if phase == Phase.rollback else MAIN_RETRY
-
-    def rollback_deadline(self, run: Run) -> float:
-        return 300.0
 
     def title(self, run: Run) -> str:
         return f"Resume trading in {run.environment}" + (" (gradual)" if run.plan.get("gradual") else "")
 
     def render(self, run: Run, steps: Sequence[RunStep], approvals: Sequence[Approval]) -> Reply:
         state = RunState(run.state)
-        title = self.title(run)
         stages_text = " → ".join(f"{float(f):.0%}" for f in run.plan["fractions"])
         window = float(run.plan["window_seconds"])
-        facts = [("Requested by", f"<@{run.requested_by}>"), ("State", STATE_TEXT[state]),
-                 ("Stages", stages_text + (f", watching KPIs {describe_duration(window)} between stages"
+        facts = [("Stages", stages_text + (f", watching KPIs {describe_duration(window)} between stages"
                                            if run.plan.get("gradual") and window else "")),
                  ("Approvals", f"{len(approvals)}/{run.approvals_required}"
                   + (": " + ", ".join(f"<@{a.user_id}>" for a in approvals) if approvals else ""))]
-        body: list[blocks.Block] = [blocks.header(f"▶️ {title}"), blocks.fields(facts)]
-        if run.reason:
-            body.append(blocks.context(f"Reason: {blocks.user_text(run.reason)}"))
-        body.append(blocks.section("*Steps*\n" + "\n".join(step_line(s) for s in steps
-                                                          if s.phase == Phase.main.value)))
-        undo = [s for s in steps if s.phase == Phase.rollback.value]
-        if undo:
-            body.append(blocks.section("*Halting again*\n" + "\n".join(step_line(s) for s in undo)))
-        if run.rollback_reason:
-            body.append(blocks.section(f"*Why trading was halted again:* {run.rollback_reason}"))
-        if run.outcome:
-            body.append(blocks.section(f"*Result:* {run.outcome}"))
         value = {"run": run.id, "env": run.environment}
         buttons = []
         if state == RunState.pending_approval:
@@ -183,10 +157,8 @@ class ResumeTradingWorkflow:
             buttons.append(blocks.button("Abort", ActionId.deploy_abort, encode_value(value), style="danger",
                                          confirm=("Abort and halt trading again?", "Trading stops again.")
                                          if state == RunState.running else None))
-        if buttons:
-            body.append(blocks.actions(*buttons, block_id=f"run:{run.id}"))
-        body.append(blocks.context(f"run `{run.id}` · plan `{run.plan_hash[:12]}`"))
-        return Reply(f"{title}: {STATE_TEXT[state]}", blocks.message(*body), ephemeral=False)
+        return self.message(run, steps, facts, undo_title="Halting again", why_undone="Why trading was halted again",
+                            buttons=buttons, footer=f"plan `{run.plan_hash[:12]}`")
 
     def success_outcome(self, run: Run, steps: Sequence[RunStep], left: Sequence[Change]) -> str:
         by = {s.kind: s for s in steps if s.phase == Phase.main.value}
@@ -204,9 +176,6 @@ class ResumeTradingWorkflow:
             return [f"trading API: {'trading' if st.trading else 'halted'} ({st.active_bots}/{st.total_bots} bots)"]
         except Exception as exc:  # noqa: BLE001 - a report
             return [f"trading API: unknown ({exc})"]
-
-    def final_alert(self, run: Run, state: RunState) -> str | None:
-        return f"▶️ {self.title(run)}: {run.outcome}"
 
     def finished(self, session: Session, run: Run, state: RunState, left: Sequence[Change]) -> None:
         if state == RunState.succeeded:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,17 +31,17 @@ from bot import blocks
 from bot.config import Config
 from bot.core import halts
 from bot.core.model import Actor, Reply
-from bot.core.ports import EnvBackends, TradingStatus, WorkloadRef
+from bot.core.ports import TradingStatus, WorkloadRef
 from bot.core.runs.context import Skipped, StepContext, describe_duration
 from bot.core.runs.effects import Change
 from bot.core.runs.spec import RetryPolicy, StepSpec
 from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
 from bot.core.runs.workflow import Handler
-from bot.core.workflows.deploy.messages import STATE_TEXT, step_line
+from bot.core.workflows.trading.base import TradingWorkflow
 from bot.errors import BackendUnavailable, ChatOpsError
 from bot.persistence.models import Approval, Run, RunStep
-from bot.timeutil import aware, utcnow
+from bot.timeutil import utcnow
 
 KIND = "stop_trading"
 POLL = 0.5
@@ -167,22 +167,13 @@ HANDLERS: dict[str, Handler] = {"api_stop": api_stop, "verify": verify, "kill_sw
 
 
 # --- the workflow -----------------------------------------------------------------------------------------
-class StopTradingWorkflow:
+class StopTradingWorkflow(TradingWorkflow):
     kind = KIND
     audit_prefix = "stop_trading"
+    icon = "🛑"
     compensates = False
-    takes_lock = False
-
-    def __init__(self, config: Config, backends: Callable[[str], EnvBackends]) -> None:
-        self.config = config
-        self.backends = backends
-        self.handlers: Mapping[str, Handler] = HANDLERS
-
-    def plan_of(self, run: Run) -> Any:
-        return run.plan
-
-    def main_spec(self, run: Run, idx: int) -> StepSpec:
-        return StepSpec.from_json(run.plan["steps"][idx])
+    deadline_seconds = 60.0
+    handler_table = HANDLERS
 
     def compensation(self, run: Run, steps: Sequence[RunStep]) -> list[StepSpec]:
         return []  # a stop is never undone by the engine: /resume-trading does that, deliberately
@@ -190,29 +181,13 @@ class StopTradingWorkflow:
     def retry_policy(self, run: Run, spec: StepSpec, phase: Phase) -> RetryPolicy:
         return STOP_RETRY
 
-    def rollback_deadline(self, run: Run) -> float:
-        return 60.0
-
     def title(self, run: Run) -> str:
         mode = StopSubject.from_json(run.subject).mode
         return f"Stop trading in {run.environment}" + (" (EMERGENCY)" if mode == "emergency" else "")
 
     def render(self, run: Run, steps: Sequence[RunStep], approvals: Sequence[Approval]) -> Reply:
-        state = RunState(run.state)
-        title = self.title(run)
-        facts = [("Requested by", f"<@{run.requested_by}>"), ("State", STATE_TEXT[state]),
-                 ("Mode", StopSubject.from_json(run.subject).mode)]
-        body: list[blocks.Block] = [blocks.header(f"🛑 {title}"), blocks.fields(facts)]
-        if run.reason:
-            body.append(blocks.context(f"Reason: {blocks.user_text(run.reason)}"))
-        body.append(blocks.section("*Steps*\n" + "\n".join(step_line(s) for s in steps
-                                                          if s.phase == Phase.main.value)))
-        if run.outcome:
-            start, end = aware(run.started_at), aware(run.finished_at)
-            took = describe_duration((end - start).total_seconds()) if start and end else "—"
-            body.append(blocks.section(f"*Result:* {run.outcome} (took {took})"))
-        body.append(blocks.context(f"run `{run.id}` · `/resume-trading --env {run.environment}` resumes trading"))
-        return Reply(f"{title}: {STATE_TEXT[state]}", blocks.message(*body), ephemeral=False)
+        return self.message(run, steps, [("Mode", StopSubject.from_json(run.subject).mode)],
+                            footer=f"`/resume-trading --env {run.environment}` resumes trading")
 
     def _by_kind(self, steps: Sequence[RunStep]) -> dict[str, RunStep]:
         return {s.kind: s for s in steps if s.phase == Phase.main.value}
@@ -253,9 +228,6 @@ class StopTradingWorkflow:
             except ChatOpsError as exc:
                 out.append(f"{name} replicas: unknown ({exc.message})")
         return out
-
-    def final_alert(self, run: Run, state: RunState) -> str | None:
-        return f"🛑 {self.title(run)}: {run.outcome}"
 
     def finished(self, session: Session, run: Run, state: RunState, left: Sequence[Change]) -> None:
         return None  # the halt stays until /resume-trading

@@ -8,6 +8,8 @@ Revision ID: 0003
 Revises: 0002
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -23,16 +25,16 @@ COMMON = ("id", "environment", "dry_run", "reason", "requested_by", "requested_n
           "correlation_id")
 SUBJECT = ("version", "image", "previous_image", "strategy")
 #: the moved columns' types: SQLite hands back strings for untyped DateTime/JSON/Boolean columns
-TYPES = {"dry_run": sa.Boolean, "plan": sa.JSON, "subject": sa.JSON, "approvals_required": sa.Integer,
+TYPES: dict[str, Any] = {"dry_run": sa.Boolean, "plan": sa.JSON, "subject": sa.JSON, "approvals_required": sa.Integer,
          "version_no": sa.Integer, "created_at": TZ, "expires_at": TZ, "started_at": TZ, "finished_at": TZ,
          "lease_until": TZ}
 
 
-def _cols(names: tuple[str, ...]) -> list[sa.sql.expression.ColumnClause]:  # type: ignore[type-arg]
+def _cols(names: tuple[str, ...]) -> list[sa.sql.expression.ColumnClause[Any]]:
     return [sa.column(c, TYPES.get(c, sa.String)) for c in names]
 
 
-def _runs_columns() -> list[sa.Column]:
+def _runs_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("kind", sa.String(32), nullable=False),
