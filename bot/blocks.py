@@ -35,6 +35,14 @@ def section(text: str) -> Block:
     return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}
 
 
+def section_with_button(text: str, element: dict[str, Any], *, block_id: str | None = None) -> Block:
+    """A section with a button beside its text (a checklist item and its Tick / Untick)."""
+    block = {**section(text), "accessory": element}
+    if block_id:
+        block["block_id"] = block_id[:255]
+    return block
+
+
 def fields(pairs: list[tuple[str, str]]) -> Block:
     return {"type": "section",
             "fields": [{"type": "mrkdwn", "text": _clip(f"*{k}*\n{v}", 2000)} for k, v in pairs[:10]]}

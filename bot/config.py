@@ -316,6 +316,8 @@ class Environment(_Strict):
     pagerduty: PagerDutyTarget | None = Field(None, description="page critical alert groups (absent: no paging)")
     deploy_correlation: DeployCorrelation = Field(default_factory=DeployCorrelation,
                                                   description="alerts failing analyses, suspect deploys")
+    on_call: list[str] = Field(default_factory=list, description="invited to the channel of an incident declared "
+                               "here: names, Slack user ids, group:NAME or subteam:S... (a Slack user group)")
 
     @model_validator(mode="after")
     def _jobs_known(self) -> Environment:
@@ -476,6 +478,12 @@ def reference_problems(data: object) -> list[str]:
     if default is not None and envs and default not in envs:
         problems.append(f"default_environment: {default!r} is not an environment{did_you_mean(default, envs)}"
                         + ("" if did_you_mean(default, envs) else f" ({', '.join(envs) or 'none defined'})"))
+    for name, env in envs.items():
+        on_call = _mapping(env).get("on_call")
+        for i, member in enumerate(on_call if isinstance(on_call, list) else []):
+            if isinstance(member, str) and not known(member):
+                problems.append(f"environments.{name}.on_call.{i}: {member!r} is not a person, a group:NAME, a "
+                                f"Slack user id or a subteam:S... user group{suggest(member)}")
     for name, env in envs.items():
         env_map = _mapping(env)
         jobs = {j.get("name") for j in env_map.get("jobs") or [] if isinstance(j, dict)}

@@ -186,6 +186,15 @@ class ConsoleTransport:
         if kind == "home":
             self.print("[App Home updated]", "", payload.get("view", {}).get("blocks"))
             return Delivered()
+        if kind == "create_channel":  # an incident channel: the first name asked for, with a console id
+            cid = f"C0INC{next(self._ts):04d}"
+            self.write(f"[#{cid}] channel #{payload['names'][0]} created\n")
+            return Delivered(cid)
+        if kind == "invite":
+            people = [self.names.get(u, u) for u in payload.get("users", [])]
+            people += [f"user group {g}" for g in payload.get("usergroups", [])]
+            self.write(f"[#{channel}] invited: {', '.join(people) or 'nobody'}\n")
+            return Delivered(channel)
         raise PermanentError(f"unknown kind {kind}")
 
     def latest(self) -> ShownMessage | None:

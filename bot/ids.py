@@ -23,6 +23,8 @@ class ActionId(StrEnum):
     alert_unsilence = "alert.unsilence"
     alert_rollback = "alert.rollback"
     alert_stop_trading = "alert.stop_trading"
+    #: a checklist item's Tick / Untick (bot/core/checklists.py), value {"c": checklist id, "i": item, "d": 1|0}
+    checklist_tick = "checklist.tick"
 
 
 def encode_value(payload: dict[str, Any]) -> str:

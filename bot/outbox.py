@@ -44,6 +44,14 @@ DEFAULT_RETRY = timedelta(minutes=15)
 ALERT_RETRY = timedelta(hours=1)
 #: the outbox kind of a PagerDuty event (`Outbox.page`); not a Slack call
 PAGE_KIND = "pagerduty"
+#: a row's `channel` that names a channel the outbox creates itself (`Outbox.create_channel`): the rows
+#: for it share one lane, so they wait behind the create, and the real id is read once Slack made it
+CHANNEL_REF = "ref:"
+
+
+def channel_ref(key: str) -> str:
+    """The `channel` for rows into the channel created under `key` (see `Outbox.create_channel`)."""
+    return CHANNEL_REF + key
 
 Clock = Callable[[], datetime]
 
@@ -188,6 +196,24 @@ class Outbox:
         payload = reply.as_payload()
         payload["user"] = user_id
         self._add(session, "ephemeral", channel, None, payload, retry_until=retry_until)
+
+    def create_channel(self, session: Session, key: str, names: list[str], *, retry_until: datetime | None = None,
+                       on_dead: str | None = None, ref: str | None = None) -> None:
+        """Create a public channel (conversations.create), trying `names` in order while Slack answers
+        name_taken; the channel's id is recorded under `key` in `slack_messages`. Post into it (and
+        invite to it) with `channel=channel_ref(key)`: those rows share the create's lane, so they wait
+        for it, and they die if it dies."""
+        if not names:
+            raise ValueError("create_channel needs at least one name")
+        self._add(session, "create_channel", channel_ref(key), key, {"names": list(names)},
+                  retry_until=retry_until, on_dead=on_dead, ref=ref)
+
+    def invite(self, session: Session, channel: str, users: list[str], usergroups: list[str] | None = None, *,
+               retry_until: datetime | None = None) -> None:
+        """Invite people (user ids) and the members of Slack user groups (subteam ids) to `channel`
+        (conversations.invite; a channel id or `channel_ref(key)`)."""
+        self._add(session, "invite", channel, None, {"users": list(users), "usergroups": list(usergroups or [])},
+                  retry_until=retry_until)
 
     def home(self, session: Session, user_id: str, view: dict[str, Any]) -> None:
         """Publish a user's App Home tab (views.publish)."""
@@ -462,8 +488,9 @@ class OutboxWorker:
                 self._finish(row.id, "sent", error="superseded by a newer update")
                 return True
             payload = self._resolve_refs(row, payload)
+            channel = self._resolve_channel(row)
             with self._heartbeat.holding(row.id):
-                delivered = self.transport.deliver(row.kind, row.channel, payload)
+                delivered = self.transport.deliver(row.kind, channel, payload)
         except RateLimited as exc:
             self.metrics.outbox_retries.labels("rate_limited").inc()
             return self._retry_or_die(row, exc.retry_after, f"429 rate limited (Retry-After {exc.retry_after}s)",
@@ -482,6 +509,10 @@ class OutboxWorker:
             if row.kind == "post" and row.message_key and delivered.ts:
                 session.merge(SlackMessage(key=row.message_key, channel=delivered.channel or row.channel or "",
                                            ts=delivered.ts, thread_ts=payload.get("thread_ts"), created_at=utcnow()))
+            if row.kind == "create_channel" and row.message_key and delivered.channel:
+                # a channel has no ts: "" (one create per channel keeps (channel, ts) unique)
+                session.merge(SlackMessage(key=row.message_key, channel=delivered.channel, ts="", thread_ts=None,
+                                           created_at=utcnow()))
             session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id)
                             .values(status="sent", sent_at=utcnow(), attempts=row.attempts + 1,
                                     claimed_until=None))
@@ -534,10 +565,23 @@ class OutboxWorker:
         return payload
 
     @staticmethod
-    def _post_is_dead(session: Session, key: str) -> bool:
+    def _post_is_dead(session: Session, key: str, kind: str = "post") -> bool:
         statuses = set(session.execute(select(OutboxMessage.status).where(
-            OutboxMessage.message_key == key, OutboxMessage.kind == "post")).scalars())
+            OutboxMessage.message_key == key, OutboxMessage.kind == kind)).scalars())
         return bool(statuses) and statuses <= {"dead"}
+
+    def _resolve_channel(self, row: OutboxMessage) -> str | None:
+        """The Slack channel id of a row addressed to `channel_ref(key)`: the channel created under `key`."""
+        if row.kind == "create_channel" or not (row.channel or "").startswith(CHANNEL_REF):
+            return row.channel
+        key = (row.channel or "")[len(CHANNEL_REF):]
+        with self.db.read() as session:
+            created = session.get(SlackMessage, key)
+            if created is not None:
+                return created.channel
+            if self._post_is_dead(session, key, "create_channel"):
+                raise PermanentError(f"channel {key!r} could not be created")
+        raise TransientError(f"channel {key!r} not created yet")
 
     def _retry(self, row: OutboxMessage, when: datetime, error: str, *, count: bool) -> None:
         with self.db.transaction() as session:

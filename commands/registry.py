@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from commands import audit, deploy, help, home, status, trading
+from commands import audit, deploy, help, home, incident, status, trading
 from commands.dispatch import ActionEntry, CommandEntry
 
 
@@ -21,6 +21,11 @@ def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:
         actions[action.action_id] = action
     for entry in trading.make_entries():
         commands[entry.spec.name] = entry
+    incident_commands, incident_actions = incident.make_entries()
+    for entry in incident_commands:
+        commands[entry.spec.name] = entry
+    for action in incident_actions:  # checklist Tick / Untick (incidents, rollbacks)
+        actions[action.action_id] = action
     for action in home.make_actions():  # App Home buttons
         actions[action.action_id] = action
     return commands, actions

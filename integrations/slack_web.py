@@ -51,11 +51,43 @@ class SlackWebTransport:
             if kind == "home":
                 self.client.views_publish(user_id=payload["user"], view=payload["view"])
                 return Delivered()
+            if kind == "create_channel":
+                return self._create_channel(payload)
+            if kind == "invite":
+                return self._invite(channel, payload)
         except SlackApiError as exc:
             raise _classify(exc) from exc
         except (SlackClientError, OSError, TimeoutError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         raise PermanentError(f"unknown outbox kind {kind!r}")
+
+    def _create_channel(self, payload: dict[str, Any]) -> Delivered:
+        """conversations.create with the first name Slack has not taken (the bot, as creator, is a member)."""
+        for name in payload["names"]:
+            try:
+                resp = self.client.conversations_create(name=name, is_private=False)
+            except SlackApiError as exc:
+                if exc.response.get("error") == "name_taken":
+                    continue
+                raise
+            return Delivered(channel=str(resp["channel"]["id"]))
+        raise PermanentError(f"Slack error name_taken: every name tried is taken ({', '.join(payload['names'])})")
+
+    def _invite(self, channel: str | None, payload: dict[str, Any]) -> Delivered:
+        """conversations.invite of the people and the current members of the user groups; people already
+        there are not an error (a repeated delivery invites nobody twice)."""
+        users = list(payload.get("users") or [])
+        for group in payload.get("usergroups") or []:
+            users += self.client.usergroups_users_list(usergroup=group).get("users") or []
+        users = list(dict.fromkeys(users))
+        if not users:
+            return Delivered(channel=channel)
+        try:
+            self.client.conversations_invite(channel=channel or "", users=",".join(users), force=True)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "already_in_channel":
+                raise
+        return Delivered(channel=channel)
 
     def _respond(self, payload: dict[str, Any]) -> Delivered:
         url = str(payload.get("response_url", ""))

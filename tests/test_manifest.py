@@ -34,6 +34,7 @@ SCOPE_NEEDS = {
     "chat:write": ("chat_postMessage", "chat_update", "chat_postEphemeral"),
     "usergroups:read": ("usergroups_users_list",),
     "users:read": ("users_info",),
+    "channels:manage": ("conversations_create", "conversations_invite"),
 }
 _EVENT_LISTENER = re.compile(r"""\.event\(\s*["']([a-z_]+)["']""")
 _FLAG = re.compile(r"--([a-z][a-z0-9-]*)")

@@ -44,7 +44,7 @@ def test_rollback_goes_back_to_the_previous_version_by_the_runbook(deployer: Dep
     trading = deployer.sim("staging").trading.status()
     assert trading.trading and not trading.maintenance
     text = deployer.message_text(run_id)
-    assert "Schedule a post-mortem" in text and "15-minute target" in text
+    assert "checklist to tick is in this message's thread" in text and "15-minute target" in text
     assert any("Rollback of staging to v2.2.0" in t for t in deployer.channel_texts(STAGING_INCIDENT))
 
 

@@ -246,7 +246,7 @@ class PendingCommand(Base):
 
 
 class RunSignal(Base):
-    """An outside event a running workflow must act on at once (0007): e.g. a critical alert in the run's
+    """An outside event a running workflow must act on at once (0008): e.g. a critical alert in the run's
     environment, which fails a canary analysis or monitoring window. Written by the event's transaction,
     read by the run's analysis loop, marked consumed when the run acted on it; `dedup_key` makes a
     repeated delivery of the same event a no-op."""
@@ -266,3 +266,77 @@ class RunSignal(Base):
 
     __table_args__ = (UniqueConstraint("run_id", "dedup_key", name="uq_run_signals_run_dedup"),
                       Index("ix_run_signals_run", "run_id", "consumed_at"))
+
+
+class Checklist(Base):
+    """A tickable checklist posted in Slack (an incident's, a finished rollback's: runbook 8.3) (0007).
+    `key` is the owner's name for it (`incident:12`, `rollback:r-…`); `message_key` the outbox key of
+    its message, which is re-rendered on every tick."""
+
+    __tablename__ = "checklists"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # the role that may tick items (bot.config.Role)
+    message_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    version_no: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ChecklistItem(Base):
+    __tablename__ = "checklist_items"
+
+    checklist_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(String(300))
+    done_by: Mapped[str | None] = mapped_column(String(64))
+    done_by_name: Mapped[str | None] = mapped_column(String(128))
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Incident(Base):
+    """A declared incident (`/incident declare`, or an alert): its channel, suspect deploy, alert group and
+    time to recover (0007). `channel_key` names the created channel in `slack_messages` once Slack made it."""
+
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    title: Mapped[str] = mapped_column(String(200))
+    severity: Mapped[int] = mapped_column(Integer)
+    environment: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # open | resolved
+    channel_name: Mapped[str] = mapped_column(String(80))  # the name asked for (Slack may add a suffix)
+    declared_by: Mapped[str] = mapped_column(String(64))
+    declared_by_name: Mapped[str | None] = mapped_column(String(128))
+    declared_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # when it began (an alert's startsAt)
+    suspect_run_id: Mapped[str | None] = mapped_column(String(32))
+    alert_group_id: Mapped[str | None] = mapped_column(String(200))
+    alert_link: Mapped[str | None] = mapped_column(Text)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_by_name: Mapped[str | None] = mapped_column(String(128))
+    resolution: Mapped[str | None] = mapped_column(Text)
+    correlation_id: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_incidents_env_declared", "environment", "declared_at"),
+                      Index("ix_incidents_status", "status"))
+
+
+class IncidentNote(Base):
+    """A note (`/incident note`) or status update (`/incident status`) of an incident, for its timeline."""
+
+    __tablename__ = "incident_notes"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    kind: Mapped[str] = mapped_column(String(16))  # note | status
+    text: Mapped[str] = mapped_column(Text)
+    author_id: Mapped[str] = mapped_column(String(64))
+    author_name: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_incident_notes_incident", "incident_id", "created_at"),)

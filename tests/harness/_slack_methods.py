@@ -7,6 +7,7 @@ workspace (messages, views, channel membership) and are always called with ``Fak
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +20,8 @@ BOT_NAME = "chatops"
 DEFAULT_USERS: dict[str, str] = {"U0TEST": "tester"}
 DEFAULT_CHANNELS: dict[str, str] = {"C0TEST": "general"}
 
+#: Slack's rule for channel names: lower case letters, digits, hyphens, underscores; at most 80
+_CHANNEL_NAME = re.compile(r"^[a-z0-9_-]{1,80}$")
 _TS_BASE_MICROS = 1_700_000_000 * 1_000_000
 _TS_STEP_MICROS = 100
 
@@ -54,6 +57,8 @@ class WebApiMethods:
             "conversations.list": self._conversations_list,
             "conversations.members": self._conversations_members,
             "conversations.join": self._conversations_join,
+            "conversations.create": self._conversations_create,
+            "conversations.invite": self._conversations_invite,
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroup_users,
         }
@@ -216,3 +221,39 @@ class WebApiMethods:
         if group not in self.usergroups:
             return {"ok": False, "error": "no_such_subteam"}
         return {"ok": True, "users": list(self.usergroups[group])}
+
+    def _conversations_create(self, p: Params) -> Json:
+        name = str(p.get("name", ""))
+        if not name:
+            return {"ok": False, "error": "invalid_name_required"}
+        if not _CHANNEL_NAME.match(name):
+            return {"ok": False, "error": "invalid_name_specials" if len(name) <= 80 else "invalid_name_maxlength"}
+        if name in self.channels.values():
+            return {"ok": False, "error": "name_taken"}
+        cid = f"C1NEW{len(self.channels) + 1:05d}"
+        self.channels[cid] = name
+        self.channel_members[cid] = [self.bot_user_id]  # the creator is a member
+        return {"ok": True, "channel": {**self._channel_obj(cid), "creator": self.bot_user_id}}
+
+    def _conversations_invite(self, p: Params) -> Json:
+        cid = self._known_channel(p)
+        if cid is None:
+            return {"ok": False, "error": "channel_not_found"}
+        members = self.channel_members.setdefault(cid, [])
+        if self.bot_user_id not in members:
+            return {"ok": False, "error": "not_in_channel"}
+        users = [u for u in str(p.get("users", "")).split(",") if u]
+        if not users:
+            return {"ok": False, "error": "no_user"}
+        force = str(p.get("force", "")).lower() in ("1", "true")
+        unknown = [u for u in users if u not in self.users]
+        if unknown and not force:
+            return {"ok": False, "error": "user_not_found"}
+        new = [u for u in users if u in self.users and u not in members]
+        if not new and not unknown:
+            return {"ok": False, "error": "already_in_channel"}
+        members.extend(new)
+        answer: Json = {"ok": True, "channel": self._channel_obj(cid)}
+        if unknown:
+            answer["errors"] = [{"user": u, "ok": False, "error": "user_not_found"} for u in unknown]
+        return answer

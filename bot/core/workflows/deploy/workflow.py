@@ -8,14 +8,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from bot.config import Config
-from bot.core import locks
+from bot.config import Config, Role
+from bot.core import checklists, locks
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends, WorkloadRef
 from bot.core.runs.effects import Change
 from bot.core.runs.spec import RetryPolicy, StepSpec
 from bot.core.runs.states import Phase, RunState
-from bot.core.runs.store import RunStore
+from bot.core.runs.store import RunStore, run_key
 from bot.core.runs.workflow import MAIN_RETRY, ROLLBACK_RETRY, Handler
 from bot.core.workflows.deploy import steps as deploy_steps
 from bot.core.workflows.deploy.messages import render_run
@@ -140,16 +140,8 @@ class DeployWorkflow:
                          "ok", freezer=who)
 
 
-#: runbook 8.3, posted with a finished rollback
-POST_ROLLBACK_CHECKLIST = (
-    "Verify all services are healthy",
-    "Check trading positions are correct",
-    "Confirm no data loss",
-    "Notify stakeholders of the rollback",
-    "Schedule a post-mortem",
-    "Document the root cause",
-    "Create tickets to fix the issue",
-)
+#: runbook 8.3, posted as a tickable checklist (bot.core.checklists) in the thread of a finished rollback
+POST_ROLLBACK_CHECKLIST = checklists.RUNBOOK_POST_ROLLBACK
 RUNBOOK_ROLLBACK_TARGET_SECONDS = 900.0  # runbook 9.2 / 8.2: a rollback within 15 minutes
 
 
@@ -175,8 +167,7 @@ class RollbackWorkflow(DeployWorkflow):
         if took is not None:
             verdict = "within" if took <= RUNBOOK_ROLLBACK_TARGET_SECONDS else "OVER"
             footer = (f"*Rollback took {took:.0f}s* — {verdict} the runbook's 15-minute target.\n"
-                      "*After the rollback (runbook 8.3):*\n" + "\n".join(f"☐ {item}" for item in
-                                                                          POST_ROLLBACK_CHECKLIST))
+                      "*After the rollback (runbook 8.3):* the checklist to tick is in this message's thread.")
         return render_run(run, list(steps), list(approvals),
                           title=f"⏪ Rollback {run.environment}: {subj.previous_image} → {subj.version}",
                           footer=footer)
@@ -189,5 +180,14 @@ class RollbackWorkflow(DeployWorkflow):
         return f"rolled back to {subject_of(run).version}{timing}" + (
             f"; still changed: {'; '.join(extra)}" if extra else "")
 
+    def finished(self, session: Session, run: Run, state: RunState, left: Sequence[Change]) -> None:
+        """Also post runbook 8.3's post-rollback checklist, tickable, in the thread of the run's message."""
+        super().finished(session, run, state, left)
+        if state == RunState.succeeded and self.store is not None:
+            checklists.create(session, self.store.outbox, checklist_id=f"rollback:{run.id}",
+                              title=f"After the rollback of {run.environment} (runbook 8.3)",
+                              items=POST_ROLLBACK_CHECKLIST, environment=run.environment, channel=run.channel,
+                              correlation_id=run.correlation_id, role=Role.deployer, thread_key=run_key(run.id))
+
     def final_alert(self, run: Run, state: RunState) -> str | None:
-        return f"⏪ {self.title(run)}: {run.outcome}. Post-rollback checklist (runbook 8.3) is in the run's message."
+        return f"⏪ {self.title(run)}: {run.outcome}. Post-rollback checklist (runbook 8.3) is in the run's thread."
