@@ -41,8 +41,9 @@ class _Strict(BaseModel):
 class Channels(_Strict):
     deploy: str = Field(..., description="Channel id where plans and checklists are posted")
     incident: str | None = Field(None, description="Channel id for alerts and rollbacks")
+    alerts: str | None = Field(None, description="Channel id for medium alerts (default: alerts.channel)")
 
-    @field_validator("deploy", "incident")
+    @field_validator("deploy", "incident", "alerts")
     @classmethod
     def _channel_id(cls, value: str | None) -> str | None:
         if value is not None and not CHANNEL_RE.match(value):
@@ -208,6 +209,104 @@ class StepSettings(_Strict):
         return self
 
 
+Severity = Literal["critical", "high", "medium"]
+Mention = Literal["here", "channel", "none"]
+
+
+def _route_channel(value: str | None) -> str | None:
+    if value is not None and value not in ("incident", "alerts") and not CHANNEL_RE.match(value):
+        raise ValueError(f"{value!r} is not incident, alerts or a Slack channel id (like C0123ABC)")
+    return value
+
+
+class SeverityRoute(_Strict):
+    """Where alerts of one severity go: the environment's `incident` or `alerts` channel, or a channel id."""
+
+    channel: str = Field(..., description="incident, alerts or a channel id")
+    mention: Mention = Field("none", description="here: @here on the root message; channel: @channel")
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        return _route_channel(value)
+
+
+def default_severity_routes() -> dict[str, SeverityRoute]:
+    """Runbook 7.4: critical pages the incident channel (@here), high goes there quietly, medium to alerts."""
+    return {"critical": SeverityRoute(channel="incident", mention="here"),
+            "high": SeverityRoute(channel="incident", mention="none"),
+            "medium": SeverityRoute(channel="alerts", mention="none")}
+
+
+class AlertRoute(_Strict):
+    """A label matcher: alerts whose labels match every `match` (equal) and `match_re` (whole-value regex)
+    get this route's severity, channel and mention instead of their severity's."""
+
+    match: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, str] = Field(default_factory=dict)
+    severity: Severity | None = None
+    channel: str | None = None
+    mention: Mention | None = None
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        return _route_channel(value)
+
+    @field_validator("match_re")
+    @classmethod
+    def _regexes(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{label}: not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> AlertRoute:
+        if not (self.match or self.match_re):
+            raise ValueError("a route needs match or match_re (a route matching everything is the severity's)")
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match.items())
+                and all(re.fullmatch(p, labels.get(k, "")) is not None for k, p in self.match_re.items()))
+
+
+class EnvAlertSettings(_Strict):
+    """An environment's own alert routing, checked before the top-level `alerts.routes`."""
+
+    routes: list[AlertRoute] = Field(default_factory=list)
+    severities: dict[Severity, SeverityRoute] = Field(default_factory=dict, description="overrides of the "
+                                                      "runbook 7.4 defaults, per severity")
+
+
+SEVERITY_ALIASES: dict[str, Severity] = {"critical": "critical", "page": "critical", "high": "high", "error": "high",
+                                         "medium": "medium", "warning": "medium", "info": "medium", "low": "medium"}
+
+
+class AlertSettings(_Strict):
+    """Alert intake (`POST /alerts/alertmanager`): where alerts go and how they are read."""
+
+    channel: str | None = Field(None, description="default alerts channel: alerts of no known environment, and "
+                                "medium ones where the environment has no channels.alerts")
+    env_label: str = Field("env", description="the label naming the environment")
+    severity_label: str = Field("severity", description="the label naming the severity")
+    severity_aliases: dict[str, Severity] = Field(default_factory=lambda: dict(SEVERITY_ALIASES),
+                                                  description="label value -> severity; anything else is medium")
+    reopen_minutes: float = Field(60.0, ge=0, le=10080, description="a group firing again within this long "
+                                  "after it resolved reopens its thread instead of starting a new one")
+    routes: list[AlertRoute] = Field(default_factory=list, description="label matchers for every environment")
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_id(cls, value: str | None) -> str | None:
+        if value is not None and not CHANNEL_RE.match(value):
+            raise ValueError(f"{value!r} is not a Slack channel id (like C0123ABC)")
+        return value
+
+
 KpiFormat = Literal["per_second", "percent", "ms", "number"]
 #: the placeholders a KPI query may use (there is no version or canary in /status)
 KPI_PLACEHOLDERS = ("namespace", "deployment")
@@ -318,6 +417,8 @@ class Environment(_Strict):
                                                   description="alerts failing analyses, suspect deploys")
     on_call: list[str] = Field(default_factory=list, description="invited to the channel of an incident declared "
                                "here: names, Slack user ids, group:NAME or subteam:S... (a Slack user group)")
+    alerts: EnvAlertSettings = Field(default_factory=lambda: EnvAlertSettings.model_validate({}),
+                                     description="alert routing")
 
     @model_validator(mode="after")
     def _jobs_known(self) -> Environment:
@@ -361,6 +462,8 @@ class Config(_Strict):
     roles: dict[Role, list[str]] = Field(default_factory=dict, description="grants in every environment")
     environments: dict[str, Environment]
     default_environment: str | None = None
+    alerts: AlertSettings = Field(default_factory=lambda: AlertSettings.model_validate({}),
+                                  description="alert intake and routing")
 
     @field_validator("people")
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import math
 import re
 import sys
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from sqlalchemy import select
@@ -267,7 +269,10 @@ SIM_HELP = """  sim KNOB VALUE [ENV]       steer the simulated backends of ENV (
     sim prometheus down|up     Prometheus unreachable, or back
     sim fail-rollout           the next rollout stalls and hits its progress deadline
     sim fail-job JOB           Jobs of this name (one of the environment's jobs) fail from now on
-    sim trading MODE           the trading API: ok, slow, hang, fail (503) or lie (says stopped, keeps trading)"""
+    sim trading MODE           the trading API: ok, slow, hang, fail (503) or lie (says stopped, keeps trading)
+  sim alert fire NAME [--severity S] [--env E]   Alertmanager fires alert NAME (default high, the default
+                             environment) through the webhook's unit of work: a root message and its thread
+  sim alert resolve NAME     Alertmanager resolves it"""
 
 
 class Console:
@@ -283,6 +288,7 @@ class Console:
     def __init__(self, container: Container, transport: ConsoleTransport, out: TextIO, *,
                  settle_seconds: float = 10.0) -> None:
         self.c = container
+        self.fired_alerts: dict[str, tuple[str, str | None, datetime]] = {}  # sim alert: name -> how it fired
         self.t = transport
         self.out = out
         self.settle_seconds = settle_seconds
@@ -324,6 +330,8 @@ class Console:
             self._switch(line[2:].strip())
         elif word == "click":
             self._click(line[5:].strip())
+        elif word == "sim" and line.split()[1:2] == ["alert"]:
+            self._sim_alert(line.split()[2:])
         elif word == "sim":
             self._sim(line.split()[1:])
         elif word == "wait":
@@ -402,6 +410,34 @@ class Console:
         if raw not in (on, off):
             raise LineFailed(f"sim: {what} takes {on} or {off}, not {raw!r}")
         return raw == on
+
+    def _sim_alert(self, words: list[str]) -> None:
+        """`sim alert fire|resolve NAME [--severity S] [--env E]`: a realistic notification, through the intake."""
+        from bot.core.alerts import parse_notification
+        from bot.core.alerts import simulate as alert_sim
+
+        usage = "usage: sim alert fire NAME [--severity S] [--env E] | sim alert resolve NAME"
+        if len(words) < 2 or words[0] not in ("fire", "resolve") or words[1].startswith("--"):
+            raise LineFailed(f"sim alert: {usage}")
+        action, name, options = words[0], words[1], dict(zip(words[2::2], words[3::2], strict=False))
+        if len(words[2:]) % 2 or set(options) - {"--severity", "--env"} or (action == "resolve" and options):
+            raise LineFailed(f"sim alert: {usage}")
+        fired = self.fired_alerts.get(name)
+        if action == "resolve" and fired is None:
+            raise LineFailed(f"sim alert: {name} is not firing (fire it first)")
+        severity, env, started = fired if fired else (
+            options.get("--severity", "high"), options.get("--env") or self.c.config.default_environment,
+            datetime.now(UTC))
+        one = alert_sim.alert(name, status="firing" if action == "fire" else "resolved", severity=severity, env=env,
+                              starts_at=started)
+        body = json.dumps(alert_sim.notification([one], external_url="http://alertmanager.local:9093")).encode()
+        result = self.c.core.alerts.accept(parse_notification(body))
+        if action == "fire":
+            self.fired_alerts[name] = (severity, env, started)
+        else:
+            del self.fired_alerts[name]
+        self.say(f"(Alertmanager: {name} {'fired' if action == 'fire' else 'resolved'}; group {result.group_id} "
+                 f"{result.status} in #{result.channel})")
 
     def _sim(self, all_words: list[str]) -> None:
         """Steer the simulated backends (see SIM_HELP); every value is checked before anything changes."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import CheckSettings, Config, load_config
 from bot.core import deploy_dead
+from bot.core.alerts import AlertIntake
 from bot.core.context import Core
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends
@@ -172,6 +173,10 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     resume_workflow.store = store
     core.executor = executor
     core.silences = _silences(config)
+    core.alerts = AlertIntake(config, db, outbox)
+    from bot.core.alerts.actions import AlertActions
+
+    core.alert_actions = AlertActions(config, core.alerts, store, core.silences).install()
     owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
     pending = PendingRunner(db, tasks, dispatcher.rebuild, owner=owner)
     writer = BatchWriter(db, owner=owner, lease_seconds=pending.lease_seconds)

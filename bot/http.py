@@ -1,9 +1,17 @@
-"""The ASGI app: /slack/events (body limits, signature, payload shape, then Bolt), /healthz, /readyz, /metrics."""
+"""The ASGI app: its routes as one table (`ROUTES`) over the state they share (`Gate`).
+
+`POST /slack/events` (body limits, signature, payload shape, then Bolt), `POST /alerts/alertmanager`
+(credentials before the body is read, body limits, payload shape, then the alert intake's unit of
+work), `GET /healthz`, `/readyz`, `/metrics`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -17,7 +25,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot.container import Container
+from bot.core.alerts import MalformedNotification, parse_notification
+from bot.core.unit_of_work import ALERTMANAGER
+from bot.errors import BackendUnavailable
 from bot.metrics import Metrics
+from bot.persistence.audit import AuditEntry, append
+from bot.settings import Settings
 from bot.slack.payloads import MalformedPayload, parse_payload
 from bot.slack.verify import VerificationFailed, verify
 
@@ -110,94 +123,208 @@ def limits_from(container: Container) -> BodyLimits:
                       max_concurrent=s.http_max_body_reads)
 
 
-def create_app(container: Container, *, socket_mode: bool = False) -> Starlette:
+@dataclass
+class Gate:
+    """What the routes share, built once per app: the container, Bolt, the body reader, the secrets."""
+
+    container: Container
+    bolt: Any
+    reader: BodyReader
+    secret: str | None
+    socket_mode: bool = False
+    socket_handler: Any = None
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.container.metrics
+
+    def count(self, response: Response, path: str) -> Response:
+        self.metrics.http_requests.labels(path, str(response.status_code)).inc()
+        return response
+
+
+def _gate(request: Request) -> Gate:
+    gate: Gate = request.app.state.gate
+    return gate
+
+
+# --- Slack ---------------------------------------------------------------------------------------------
+async def slack_events(request: Request) -> Response:
     from slack_bolt.adapter.starlette.async_handler import to_starlette_response
     from slack_bolt.async_app import AsyncBoltRequest
 
+    gate, path = _gate(request), "/slack/events"
+    metrics = gate.metrics
+    started = time.perf_counter()
+    client = request.client.host if request.client else "?"
+    try:
+        body = await gate.reader.read(request)
+    except BodyRefused as exc:
+        metrics.slack_rejected.labels(exc.reason).inc()
+        if exc.reason == "client_disconnected":  # nobody to answer; not an error of ours
+            log.info("Slack request from %s abandoned: %s", client, exc.detail)
+        else:
+            log.warning("refused Slack request from %s: %s (%s)", client, exc.reason, exc.detail)
+        return gate.count(exc.response(), path)
+    if gate.secret is None:
+        log.error("refusing Slack request: CHATOPS_SLACK_SIGNING_SECRET is not set")
+        metrics.slack_rejected.labels("no_secret_configured").inc()
+        return gate.count(JSONResponse({"error": "signing secret not configured"}, status_code=401), path)
+    try:
+        verify(gate.secret, request.headers, body)
+    except VerificationFailed as exc:
+        log.warning("rejected Slack request from %s: %s (%s)", client, exc.reason, exc.detail)
+        metrics.slack_rejected.labels(exc.reason).inc()
+        return gate.count(JSONResponse({"error": "invalid request", "reason": exc.reason}, status_code=401), path)
+    try:
+        payload = parse_payload(body, request.headers.get("content-type"))
+    except MalformedPayload as exc:
+        log.warning("refused signed Slack request from %s: %s (%s)", client, exc.reason, exc.detail)
+        metrics.slack_rejected.labels(exc.reason).inc()
+        return gate.count(JSONResponse({"error": "malformed request", "reason": exc.reason, "detail": exc.detail},
+                                       status_code=400), path)
+    # Bolt gets the structure that was checked, as JSON: it never parses the raw body itself
+    headers: dict[str, str | Sequence[str]] = dict(request.headers.items())
+    headers["content-type"] = "application/json"
+    bolt_request = AsyncBoltRequest(body=json.dumps(payload.body), query=request.url.query, headers=headers)
+    response = to_starlette_response(await gate.bolt.async_dispatch(bolt_request))
+    metrics.ack_latency.observe(time.perf_counter() - started)
+    return gate.count(response, path)
+
+
+# --- Alertmanager ----------------------------------------------------------------------------------------
+def alertmanager_auth_problem(settings: Settings, authorization: str | None) -> str | None:
+    """None when the Authorization header carries the configured bearer token or basic credentials (compared
+    in constant time), else the reason for the 401: not_configured, no_credentials, bad_scheme,
+    bad_credentials."""
+    token = settings.secret("alertmanager_token")
+    password = settings.secret("alertmanager_password")
+    user = settings.alertmanager_username
+    if not token and not (user and password):
+        return "not_configured"
+    if not authorization:
+        return "no_credentials"
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and token:
+        return None if hmac.compare_digest(value.encode(), token.encode()) else "bad_credentials"
+    if scheme.lower() == "basic" and user and password:
+        try:
+            given_user, sep, given_password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return "bad_credentials"
+        user_ok = hmac.compare_digest(given_user.encode(), user.encode())
+        password_ok = hmac.compare_digest(given_password.encode(), password.encode())
+        return None if sep and user_ok and password_ok else "bad_credentials"
+    return "bad_scheme"
+
+
+async def alertmanager_webhook(request: Request) -> Response:
+    gate, path = _gate(request), "/alerts/alertmanager"
+    metrics, container = gate.metrics, gate.container
+    client = request.client.host if request.client else "?"
+    problem = alertmanager_auth_problem(container.settings, request.headers.get("authorization"))
+    if problem is not None:
+        # counted and logged, never audited or stored: a flood of these must not grow the audit chain
+        metrics.alerts_rejected.labels(problem).inc()
+        log.warning("refused Alertmanager request from %s: %s", client, problem)
+        return gate.count(JSONResponse({"error": "unauthorized", "reason": problem}, status_code=401, headers={
+            "WWW-Authenticate": 'Bearer realm="chatops", Basic realm="chatops"', "Connection": "close"}), path)
+    try:
+        body = await gate.reader.read(request)
+        notification = parse_notification(body)
+    except BodyRefused as exc:
+        return gate.count(await _refused(gate, client, exc.reason, exc.detail, exc.response()), path)
+    except MalformedNotification as exc:
+        response = JSONResponse({"error": "malformed alert notification", "reason": exc.reason,
+                                 "detail": exc.detail}, status_code=400)
+        return gate.count(await _refused(gate, client, exc.reason, exc.detail, response), path)
+    try:
+        result = await asyncio.to_thread(container.core.alerts.accept, notification)
+    except BackendUnavailable as exc:  # Alertmanager retries a 5xx: nothing is lost
+        log.error("Alertmanager notification not stored, database unavailable: %s", exc)
+        metrics.alerts_rejected.labels("backend_unavailable").inc()
+        return gate.count(JSONResponse({"error": "database unavailable; retry", "reason": "backend_unavailable"},
+                                       status_code=503, headers={"Retry-After": "5"}), path)
+    metrics.alerts_received.labels("duplicate" if result.duplicate else "new").inc()
+    return gate.count(JSONResponse({
+        "status": "duplicate" if result.duplicate else "accepted", "group": result.group_id,
+        "group_status": result.status, "newly_firing": result.firing, "newly_resolved": result.resolved}), path)
+
+
+async def _refused(gate: Gate, client: str, reason: str, detail: str, response: Response) -> Response:
+    """An authenticated sender's request refused before its content was used: logged, counted, audited
+    (reason and detail only, never the body)."""
+    gate.metrics.alerts_rejected.labels(reason).inc()
+    if reason == "client_disconnected":
+        log.info("Alertmanager request from %s abandoned: %s", client, detail)
+        return response
+    log.warning("refused Alertmanager request from %s: %s (%s)", client, reason, detail)
+
+    def record() -> None:
+        with gate.container.db.transaction() as session:
+            append(session, AuditEntry(actor_id=ALERTMANAGER.user_id, actor_name=ALERTMANAGER.name, channel=None,
+                                       action="alert.rejected", outcome="usage_error", correlation_id="-",
+                                       args={"reason": reason, "detail": detail[:500], "client": client}))
+
+    try:
+        await asyncio.to_thread(record)
+    except Exception as exc:  # the refusal stands; only its record is missing
+        log.error("could not audit the refused Alertmanager request: %s", exc)
+    return response
+
+
+# --- probes --------------------------------------------------------------------------------------------
+async def healthz(request: Request) -> Response:
+    return _gate(request).count(JSONResponse({"status": "ok"}), "/healthz")
+
+
+async def readyz(request: Request) -> Response:
+    gate = _gate(request)
+    ready, reason = await asyncio.to_thread(gate.container.db.readiness)
+    return gate.count(JSONResponse({"status": "ready" if ready else "not ready", "reason": reason},
+                                   status_code=200 if ready else 503), "/readyz")
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    gate = _gate(request)
+    return gate.count(PlainTextResponse(gate.metrics.render(), media_type="text/plain; version=0.0.4"), "/metrics")
+
+
+#: the routes of the app, one line each
+ROUTES = (
+    Route("/slack/events", slack_events, methods=["POST"]),
+    Route("/alerts/alertmanager", alertmanager_webhook, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    gate: Gate = app.state.gate
+    container = gate.container
+    container.start()
+    if gate.socket_mode:
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        gate.socket_handler = AsyncSocketModeHandler(gate.bolt, container.settings.secret("slack_app_token"))
+        await gate.socket_handler.connect_async()
+        log.info("connected to Slack over Socket Mode")
+    try:
+        yield
+    finally:
+        log.info("shutting down: finishing in-flight work (up to %.0fs)", container.settings.shutdown_grace_seconds)
+        if gate.socket_handler is not None:
+            await gate.socket_handler.close_async()
+        await asyncio.to_thread(container.stop)
+
+
+def create_app(container: Container, *, socket_mode: bool = False) -> Starlette:
     from bot.slack.app import build_bolt
 
-    bolt = build_bolt(container)
-    reader = BodyReader(limits_from(container), container.metrics)
-    secret = container.settings.secret("slack_signing_secret")
-    metrics = container.metrics
-    socket_handler: Any = None
-
-    async def slack_events(request: Request) -> Response:
-        started = time.perf_counter()
-        client = request.client.host if request.client else "?"
-        try:
-            body = await reader.read(request)
-        except BodyRefused as exc:
-            metrics.slack_rejected.labels(exc.reason).inc()
-            if exc.reason == "client_disconnected":  # nobody to answer; not an error of ours
-                log.info("Slack request from %s abandoned: %s", client, exc.detail)
-            else:
-                log.warning("refused Slack request from %s: %s (%s)", client, exc.reason, exc.detail)
-            return _count(exc.response(), "/slack/events")
-        if secret is None:
-            log.error("refusing Slack request: CHATOPS_SLACK_SIGNING_SECRET is not set")
-            metrics.slack_rejected.labels("no_secret_configured").inc()
-            return _count(JSONResponse({"error": "signing secret not configured"}, status_code=401), "/slack/events")
-        try:
-            verify(secret, request.headers, body)
-        except VerificationFailed as exc:
-            log.warning("rejected Slack request from %s: %s (%s)", client, exc.reason, exc.detail)
-            metrics.slack_rejected.labels(exc.reason).inc()
-            return _count(JSONResponse({"error": "invalid request", "reason": exc.reason}, status_code=401),
-                          "/slack/events")
-        try:
-            payload = parse_payload(body, request.headers.get("content-type"))
-        except MalformedPayload as exc:
-            log.warning("refused signed Slack request from %s: %s (%s)", client, exc.reason, exc.detail)
-            metrics.slack_rejected.labels(exc.reason).inc()
-            return _count(JSONResponse({"error": "malformed request", "reason": exc.reason, "detail": exc.detail},
-                                       status_code=400), "/slack/events")
-        # Bolt gets the structure that was checked, as JSON: it never parses the raw body itself
-        headers: dict[str, str | Sequence[str]] = dict(request.headers.items())
-        headers["content-type"] = "application/json"
-        bolt_request = AsyncBoltRequest(body=json.dumps(payload.body), query=request.url.query, headers=headers)
-        response = to_starlette_response(await bolt.async_dispatch(bolt_request))
-        metrics.ack_latency.observe(time.perf_counter() - started)
-        return _count(response, "/slack/events")
-
-    def _count(response: Response, path: str) -> Response:
-        metrics.http_requests.labels(path, str(response.status_code)).inc()
-        return response
-
-    async def healthz(_request: Request) -> Response:
-        return _count(JSONResponse({"status": "ok"}), "/healthz")
-
-    async def readyz(_request: Request) -> Response:
-        ready, reason = await asyncio.to_thread(container.db.readiness)
-        status = 200 if ready else 503
-        return _count(JSONResponse({"status": "ready" if ready else "not ready", "reason": reason},
-                                   status_code=status), "/readyz")
-
-    async def metrics_endpoint(_request: Request) -> Response:
-        return _count(PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4"), "/metrics")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        nonlocal socket_handler
-        container.start()
-        if socket_mode:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-            socket_handler = AsyncSocketModeHandler(bolt, container.settings.secret("slack_app_token"))
-            await socket_handler.connect_async()
-            log.info("connected to Slack over Socket Mode")
-        try:
-            yield
-        finally:
-            log.info("shutting down: finishing in-flight work (up to %.0fs)", container.settings.shutdown_grace_seconds)
-            if socket_handler is not None:
-                await socket_handler.close_async()
-            await asyncio.to_thread(container.stop)
-
-    routes = [
-        Route("/slack/events", slack_events, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=list(ROUTES), lifespan=lifespan)
+    app.state.gate = Gate(container, build_bolt(container), BodyReader(limits_from(container), container.metrics),
+                          container.settings.secret("slack_signing_secret"), socket_mode)
+    return app

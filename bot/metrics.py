@@ -44,5 +44,12 @@ class Metrics:
         self.deploy_executor_errors = Counter("chatops_deploy_executor_errors_total",
                                               "Unexpected errors of the deploy engine itself", registry=r)
 
+        self.alerts_received = Counter("chatops_alertmanager_notifications_total",
+                                       "Alertmanager notifications accepted, by result (new, duplicate)",
+                                       ["result"], registry=r)
+        self.alerts_rejected = Counter("chatops_alertmanager_rejected_total",
+                                       "Alertmanager webhook requests refused, by reason (401s included)",
+                                       ["reason"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
-SECRET_FIELDS = frozenset({"slack_bot_token", "slack_signing_secret", "slack_app_token"})
+SECRET_FIELDS = frozenset({"slack_bot_token", "slack_signing_secret", "slack_app_token", "alertmanager_token",
+                           "alertmanager_password"})
 
 
 class Settings(BaseSettings):
@@ -29,6 +30,12 @@ class Settings(BaseSettings):
         default_factory=lambda: ["https://hooks.slack.com/"],
         description="response_url values the bot will POST to; anything else is refused",
     )
+
+    # --- Alertmanager webhook (POST /alerts/alertmanager) -------------------------------------
+    alertmanager_token: SecretStr | None = Field(None, description="Bearer token Alertmanager sends "
+                                                 "(http_config.authorization.credentials)")
+    alertmanager_username: str | None = Field(None, description="Basic auth user, instead of or besides the token")
+    alertmanager_password: SecretStr | None = Field(None, description="Basic auth password")
 
     # --- storage and config ------------------------------------------------------------------
     database_url: str = Field("sqlite:///chatops.db", description="SQLAlchemy URL")

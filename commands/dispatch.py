@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from bot.blocks import user_text
 from bot.core.context import Core
 from bot.core.model import ActionInvocation, Actor, Invocation, Reply
+from bot.core.unit_of_work import unit_of_work
 from bot.errors import BackendUnavailable, ChatOpsError, CommandError, UnknownCommand, user_message
 from bot.metrics import Metrics
 from bot.persistence.audit import AuditEntry, append
@@ -376,14 +377,15 @@ class Dispatcher:
             if prefetch is not None:
                 # network reads happen before the transaction: on SQLite it would hold the write lock
                 ctx.prefetched = prefetch(ctx)
-            with self.core.db.transaction() as session:
-                finish_pending(session, key)  # committed with the work, so it is never run twice
-                if not _claim(session, key, kind):
+            # claim + change + audit + outbox in one transaction; the pending row goes with the work
+            with unit_of_work(self.core.db, key, kind, actor=ctx.actor, correlation_id=ctx.correlation_id,
+                              channel=ctx.channel_id, pending=True) as work:
+                if work is None:
                     self.metrics.slack_duplicates.labels(kind).inc()
                     return
-                ctx.session = session
+                ctx.session = session = work.session
                 reply = run(ctx)
-                _audit(session, ctx, action, "ok", environment, audit_args)
+                work.audit(action, "ok", environment=environment, args=audit_args)
                 self._reply(session, ctx, reply)
             self.metrics.commands.labels(metric_name, "ok").inc()
             return

@@ -4,6 +4,7 @@
 #   bootstrap_venv       .venv with the package installed editable plus its test extras
 #   ensure_postgres      PostgreSQL server binaries (initdb, pg_ctl) for the integration tests
 #   ensure_prometheus    the Prometheus server binary (for tests that will need a real one)
+#   ensure_alertmanager  the Alertmanager binary (alert intake tests against a real one)
 # Debian packages are installed only when missing, and only as root with apt-get.
 
 # shellcheck shell=bash
@@ -132,4 +133,8 @@ ensure_postgres() {  # the throwaway clusters of tests/harness/postgres.py need 
 
 ensure_prometheus() {  # for tests against a real Prometheus server (Debian package `prometheus`)
     ensure_tool prometheus prometheus
+}
+
+ensure_alertmanager() {  # for tests against a real Alertmanager (Debian package `prometheus-alertmanager`)
+    ensure_tool prometheus-alertmanager prometheus-alertmanager
 }

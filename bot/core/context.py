@@ -33,3 +33,5 @@ class Core:
     env_backends: Callable[[str], Any] | None = None
     #: environment -> its Alertmanager silences API (integrations.alertmanager.AlertmanagerClient), where configured
     silences: dict[str, Any] = field(default_factory=dict)
+    alerts: Any = None  # bot.core.alerts.AlertIntake: alert groups, their hooks and root actions
+    alert_actions: Any = None  # bot.core.alerts.actions.AlertActions: the root's buttons, paging, correlation

@@ -340,3 +340,63 @@ class IncidentNote(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_incident_notes_incident", "incident_id", "created_at"),)
+class AlertGroup(Base):
+    """One Alertmanager group (`groupKey`) in one channel, for one firing episode (0007): its root message
+    (`message_key` → `slack_messages`), state and counts. A group firing again within the reopen window
+    keeps its row; later it starts a new episode (a new row and root). `acked_*` and `silence*` belong to
+    the root's buttons."""
+
+    __tablename__ = "alert_groups"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    group_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of group_key (keys can be long)
+    group_key: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(String(64))
+    episode: Mapped[int] = mapped_column(Integer)
+    environment: Mapped[str | None] = mapped_column(String(64))
+    receiver: Mapped[str] = mapped_column(String(500), default="")
+    severity: Mapped[str] = mapped_column(String(16))  # critical | high | medium
+    mention: Mapped[str] = mapped_column(String(16), default="none")  # here | channel | none
+    status: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)
+    group_labels: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    common_labels: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    common_annotations: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    external_url: Mapped[str | None] = mapped_column(Text)
+    generator_url: Mapped[str | None] = mapped_column(Text)
+    firing_count: Mapped[int] = mapped_column(Integer, default=0)
+    resolved_count: Mapped[int] = mapped_column(Integer, default=0)
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reopened: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    message_key: Mapped[str] = mapped_column(String(200))
+    acked_by: Mapped[str | None] = mapped_column(String(64))
+    acked_by_name: Mapped[str | None] = mapped_column(String(128))
+    acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    silence_id: Mapped[str | None] = mapped_column(String(64))
+    silenced_by: Mapped[str | None] = mapped_column(String(64))
+    silenced_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    version_no: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (UniqueConstraint("group_hash", "channel", "episode", name="uq_alert_groups_episode"),
+                      Index("ix_alert_groups_env_status", "environment", "status"))
+
+
+class AlertInstance(Base):
+    """One alert (by fingerprint) of a group: its last known status and times, for dedup and the root's counts."""
+
+    __tablename__ = "alert_instances"
+
+    group_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alertname: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    labels: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    annotations: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    generator_url: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
