@@ -84,6 +84,52 @@ class TradingApiTarget(_Strict):
         return value.rstrip("/")
 
 
+class AlertmanagerTarget(_Strict):
+    """The environment's Alertmanager API (v2), where the alert threads' Silence buttons create silences."""
+
+    url: str = Field(..., description="e.g. http://alertmanager:9093")
+    token_env: str | None = Field(None, description="Name of the env var holding a bearer token, if one is needed")
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class PagerDutyTarget(_Strict):
+    """Paging for the environment's critical alert groups (PagerDuty Events API v2)."""
+
+    routing_key_env: str = Field(..., description="Name of the env var holding the routing (integration) key")
+    url: str = Field("https://events.pagerduty.com", description="Events API base URL (the client adds "
+                     "/v2/enqueue); another region or a proxy")
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+AlertLevel = Literal["critical", "high", "medium", "low"]
+
+
+class DeployCorrelation(_Strict):
+    """How alerts and deploys in one environment are tied together (issue 8 section 6)."""
+
+    fail_analysis_at: AlertLevel | None = Field("high", description="an alert at or above this severity fails a "
+                                                "running canary analysis or monitoring window at once (runbook "
+                                                "8.1: > 5 % errors is a high alert); null: never")
+    suspect_window_minutes: float = Field(30.0, ge=0, le=1440, description="an alert starting this soon after a "
+                                          "deploy names it on the alert's root")
+    rollback_window_minutes: float = Field(60.0, ge=0, le=1440, description="an alert's Roll back button is "
+                                           "offered while a deploy runs or this long after one finished")
+
+
 Strategy = Literal["rolling", "canary", "blue-green"]
 StepKind = Literal["checklist", "precheck", "trading_stop", "maintenance_on", "job", "rollout", "health",
                    "maintenance_off", "trading_resume", "monitor"]
@@ -365,6 +411,10 @@ class Environment(_Strict):
     rollout_timeout_seconds: float = Field(600.0, ge=5)
     monitor_seconds: float = Field(900.0, ge=0, description="default procedure: monitoring window (runbook 5.4)")
     status: StatusSettings = Field(default_factory=StatusSettings, description="/status and App Home")
+    alertmanager: AlertmanagerTarget | None = Field(None, description="the Alertmanager API silences go to")
+    pagerduty: PagerDutyTarget | None = Field(None, description="page critical alert groups (absent: no paging)")
+    deploy_correlation: DeployCorrelation = Field(default_factory=DeployCorrelation,
+                                                  description="alerts failing analyses, suspect deploys")
     on_call: list[str] = Field(default_factory=list, description="invited to the channel of an incident declared "
                                "here: names, Slack user ids, group:NAME or subteam:S... (a Slack user group)")
     alerts: EnvAlertSettings = Field(default_factory=lambda: EnvAlertSettings.model_validate({}),

@@ -26,7 +26,7 @@ from bot.core.workflows.deploy.workflow import DeployWorkflow, RollbackWorkflow
 from bot.core.workflows.trading.resume import ResumeTradingService, ResumeTradingWorkflow
 from bot.core.workflows.trading.stop import StopTradingService, StopTradingWorkflow
 from bot.metrics import Metrics
-from bot.outbox import Outbox, OutboxWorker, RetryPolicy, Transport
+from bot.outbox import PAGE_KIND, Outbox, OutboxWorker, RetryPolicy, Transport
 from bot.persistence.batch import BatchWriter
 from bot.persistence.db import Database
 from bot.settings import Settings
@@ -57,11 +57,15 @@ class Container:
     pending: PendingRunner
     threads: list[threading.Thread] = field(default_factory=list)
     stoppers: list[object] = field(default_factory=list)
+    #: outbox workers for rows that are not Slack calls (PagerDuty events), each with its own transport
+    side_workers: list[OutboxWorker] = field(default_factory=list)
 
     def start(self) -> None:
         self.writer.start()
         self.pending.start()
         self.worker.start()
+        for side in self.side_workers:
+            side.start()
         self.executor.start()
         for thread in self.threads:
             thread.start()
@@ -76,6 +80,8 @@ class Container:
         self.writer.stop(timeout=min(5.0, self.settings.shutdown_grace_seconds))
         self.tasks.shutdown(self.settings.shutdown_grace_seconds)
         self.worker.stop(flush_seconds=min(5.0, self.settings.shutdown_grace_seconds))
+        for side in self.side_workers:
+            side.stop(flush_seconds=min(2.0, self.settings.shutdown_grace_seconds))
         for stopper in self.stoppers:
             getattr(stopper, "stop", lambda: None)()
         self.db.dispose()
@@ -152,9 +158,13 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     commands, actions = registry.build()
     dispatcher = Dispatcher(core, commands, actions, metrics)
     tasks = TaskRunner(metrics, workers=settings.worker_threads)
+    side_workers = _page_workers(config, db, metrics, outbox, settings)
     worker = OutboxWorker(db, transport, metrics, outbox=outbox, claim_seconds=settings.outbox_claim_seconds,
-                          retry=RetryPolicy(cap_seconds=settings.outbox_retry_cap_seconds))
+                          retry=RetryPolicy(cap_seconds=settings.outbox_retry_cap_seconds),
+                          skip_kinds=frozenset({PAGE_KIND}) if side_workers else frozenset())
     outbox.subscribe(worker.wakeup)
+    for side in side_workers:
+        outbox.subscribe(side.wakeup)
     deploy_dead.install(outbox, deploy)
     executor = Executor(db, store, lease_seconds=settings.deploy_lease_seconds, metrics=metrics)
     core.runs = store
@@ -162,14 +172,48 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     core.resume_trading = ResumeTradingService(config, store, default_check_settings)
     resume_workflow.store = store
     core.executor = executor
+    core.silences = _silences(config)
     core.alerts = AlertIntake(config, db, outbox)
+    from bot.core.alerts.actions import AlertActions
+
+    core.alert_actions = AlertActions(config, core.alerts, store, core.silences).install()
     owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
     pending = PendingRunner(db, tasks, dispatcher.rebuild, owner=owner)
     writer = BatchWriter(db, owner=owner, lease_seconds=pending.lease_seconds)
     dispatcher.writer = writer
     dispatcher.runner = pending
     return Container(settings, config, db, metrics, outbox, core, dispatcher, tasks, worker, executor, sims,
-                     writer, pending, threads, stoppers)
+                     writer, pending, threads, stoppers, side_workers)
+
+
+def _page_workers(config: Config, db: Database, metrics: Metrics, outbox: Outbox,
+                  settings: Settings) -> list[OutboxWorker]:
+    """A worker for PagerDuty events when some environment pages (the routing keys are read when sent)."""
+    targets = {name: env.pagerduty for name, env in config.environments.items() if env.pagerduty is not None}
+    if not targets:
+        return []
+    from integrations.pagerduty import PagerDutyClient, PagerDutyTransport, routing_keys_from_env
+
+    clients = {name: PagerDutyClient(t.url, timeout=t.timeout_seconds) for name, t in targets.items()}
+    transport = PagerDutyTransport(next(iter(clients.values())),
+                                   routing_keys_from_env({n: t.routing_key_env for n, t in targets.items()}),
+                                   clients=clients)
+    return [OutboxWorker(db, transport, metrics, outbox=outbox, kinds=frozenset({PAGE_KIND}),
+                         claim_seconds=settings.outbox_claim_seconds,
+                         retry=RetryPolicy(cap_seconds=settings.outbox_retry_cap_seconds))]
+
+
+def _silences(config: Config) -> dict[str, Any]:
+    """Per environment with `alertmanager` configured: the client the Silence buttons use."""
+    from integrations.alertmanager import AlertmanagerClient
+
+    out: dict[str, Any] = {}
+    for name, env in config.environments.items():
+        if env.alertmanager is not None:
+            token = os.environ.get(env.alertmanager.token_env) if env.alertmanager.token_env else None
+            out[name] = AlertmanagerClient(env.alertmanager.url, token=token,
+                                           timeout=env.alertmanager.timeout_seconds)
+    return out
 
 
 def default_check_settings() -> list[CheckSettings]:

@@ -17,6 +17,12 @@ class ActionId(StrEnum):
     #: App Home buttons, value {"env": name}: start /stop-trading or /rollback for that environment
     stop_trading = "stop_trading.start"
     rollback = "rollback.start"
+    #: an alert group's root, value {"g": group id, "e": environment} (+ "h": hours for a silence)
+    alert_ack = "alert.ack"
+    alert_silence = "alert.silence"
+    alert_unsilence = "alert.unsilence"
+    alert_rollback = "alert.rollback"
+    alert_stop_trading = "alert.stop_trading"
     #: a checklist item's Tick / Untick (bot/core/checklists.py), value {"c": checklist id, "i": item, "d": 1|0}
     checklist_tick = "checklist.tick"
 

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot.core.model import Reply
@@ -42,6 +42,8 @@ CLAIM_SECONDS = 10.0
 DEFAULT_RETRY = timedelta(minutes=15)
 #: an alert to an incident channel: at least an hour
 ALERT_RETRY = timedelta(hours=1)
+#: the outbox kind of a PagerDuty event (`Outbox.page`); not a Slack call
+PAGE_KIND = "pagerduty"
 #: a row's `channel` that names a channel the outbox creates itself (`Outbox.create_channel`): the rows
 #: for it share one lane, so they wait behind the create, and the real id is read once Slack made it
 CHANNEL_REF = "ref:"
@@ -55,6 +57,8 @@ Clock = Callable[[], datetime]
 
 
 # --- the transport port ----------------------------------------------------------------------
+_Sel = TypeVar("_Sel", bound=Select[Any])
+
 class RateLimited(Exception):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"rate limited, retry after {retry_after}s")
@@ -217,6 +221,17 @@ class Outbox:
         """Publish a user's App Home tab (views.publish)."""
         self._add(session, "home", f"home:{user_id}", None, {"user": user_id, "view": view})
 
+    def page(self, session: Session, env: str, event: dict[str, Any]) -> None:
+        """Send a PagerDuty Events API v2 event (`integrations.pagerduty.PagerDutyEvent.to_json()`) for `env`.
+
+        Kind `pagerduty`, delivered by its own worker (`kinds={PAGE_KIND}`), so paging never waits
+        behind Slack nor Slack behind paging. The lane is the dedup key: trigger, acknowledge and resolve
+        of one alert group keep their order, other groups do not wait for it. Retried like an alert (at
+        least an hour). The row holds the environment's name, never the routing key (a secret)."""
+        lane = f"pagerduty:{str(event.get('dedup_key', ''))[:180]}"
+        self._add(session, PAGE_KIND, lane, None, {"env": env, "event": event},
+                  retry_until=self.clock() + self.alert_retry)
+
     def respond(self, session: Session, response_url: str, reply: Reply, *, channel: str | None = None,
                 retry_until: datetime | None = None) -> None:
         payload = reply.as_payload()
@@ -297,7 +312,8 @@ class OutboxWorker:
     def __init__(self, db: Database, transport: Transport, metrics: Metrics, *, outbox: Outbox | None = None,
                  max_attempts: int | None = None, claim_seconds: float = CLAIM_SECONDS,
                  retry: RetryPolicy | None = None, clock: Clock = utcnow, rng: random.Random | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, kinds: frozenset[str] | None = None,
+                 skip_kinds: frozenset[str] = frozenset()) -> None:
         self.db = db
         self.transport = transport
         self.metrics = metrics
@@ -308,6 +324,10 @@ class OutboxWorker:
         self.clock = clock
         self.rng = rng or random.Random()
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
+        #: rows this worker sends: only `kinds` when given, never `skip_kinds` (a second worker with its own
+        #: transport, e.g. PagerDuty's, takes those)
+        self.kinds = kinds
+        self.skip_kinds = skip_kinds
         self.wakeup = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -373,7 +393,7 @@ class OutboxWorker:
     def _next_wait(self, poll_seconds: float) -> float:
         with self.db.read() as session:
             soonest = session.execute(
-                select(OutboxMessage.not_before).where(OutboxMessage.status == "pending")
+                self._mine(select(OutboxMessage.not_before).where(OutboxMessage.status == "pending"))
                 .order_by(OutboxMessage.not_before).limit(1)
             ).scalar_one_or_none()
         if soonest is None:
@@ -384,7 +404,7 @@ class OutboxWorker:
     def pending_due(self) -> int:
         with self.db.read() as session:
             return int(session.execute(
-                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "pending")
+                self._mine(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "pending"))
             ).scalar_one())
 
     def drain_once(self) -> int:
@@ -392,7 +412,7 @@ class OutboxWorker:
         now = self.clock()
         with self.db.read() as session:
             rows = list(session.execute(
-                select(OutboxMessage).where(OutboxMessage.status == "pending")
+                self._mine(select(OutboxMessage).where(OutboxMessage.status == "pending"))
                 .order_by(OutboxMessage.id).limit(500)
             ).scalars())
         blocked: set[str] = set()
@@ -413,6 +433,14 @@ class OutboxWorker:
             if not self._deliver(row):
                 blocked.add(lane)
         return attempted
+
+    def _mine(self, stmt: _Sel) -> _Sel:
+        """`stmt` narrowed to the kinds of rows this worker sends."""
+        if self.kinds is not None:
+            stmt = stmt.where(OutboxMessage.kind.in_(sorted(self.kinds)))
+        if self.skip_kinds:
+            stmt = stmt.where(OutboxMessage.kind.not_in(sorted(self.skip_kinds)))
+        return stmt
 
     # claims: compare-and-set, renewed by the heartbeat while the call is in flight
     def _claim(self, row_id: int) -> bool:
@@ -582,7 +610,8 @@ class OutboxWorker:
             if marked != 1:  # another replica finished it meanwhile
                 return
             append(session, AuditEntry(actor_id="bot", actor_name="swarm-chatops", channel=row.channel,
-                                       action="slack.delivery_failed", outcome="dead",
+                                       action=("pagerduty" if row.kind == PAGE_KIND else "slack")
+                                       + ".delivery_failed", outcome="dead",
                                        correlation_id=f"outbox-{row.id}",
                                        args={"kind": row.kind, "error": error, "reason": reason,
                                              "text": str(row.payload.get("text", ""))[:300],

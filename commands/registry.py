@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from commands import audit, deploy, help, home, incident, status, trading
+from commands import alerts, audit, deploy, help, home, incident, status, trading
 from commands.dispatch import ActionEntry, CommandEntry
 
 
@@ -27,5 +27,7 @@ def build() -> tuple[dict[str, CommandEntry], dict[str, ActionEntry]]:
     for action in incident_actions:  # checklist Tick / Untick (incidents, rollbacks)
         actions[action.action_id] = action
     for action in home.make_actions():  # App Home buttons
+        actions[action.action_id] = action
+    for action in alerts.make_actions():  # an alert group's root
         actions[action.action_id] = action
     return commands, actions

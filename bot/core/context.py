@@ -31,4 +31,7 @@ class Core:
     resume_trading: Any = None  # bot.core.workflows.trading.resume.ResumeTradingService
     #: one environment's backends (bot.core.ports.EnvBackends), for live reads such as /status
     env_backends: Callable[[str], Any] | None = None
+    #: environment -> its Alertmanager silences API (integrations.alertmanager.AlertmanagerClient), where configured
+    silences: dict[str, Any] = field(default_factory=dict)
     alerts: Any = None  # bot.core.alerts.AlertIntake: alert groups, their hooks and root actions
+    alert_actions: Any = None  # bot.core.alerts.actions.AlertActions: the root's buttons, paging, correlation

@@ -27,7 +27,7 @@ from bot.errors import BackendUnavailable
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: the newest migration; tests/test_persistence.py checks it against Alembic's own view of the scripts.
 #: Knowing it without importing Alembic keeps start-up and /readyz cheap when nothing needs migrating.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 #: execution option of the read-only sessions' connections
 READ_ONLY = "chatops_read_only"
 #: how long /readyz may wait for the database (connect, lock, write) before it says "not ready"

@@ -245,6 +245,29 @@ class PendingCommand(Base):
     __table_args__ = (Index("ix_pending_commands_claimed_until", "claimed_until"),)
 
 
+class RunSignal(Base):
+    """An outside event a running workflow must act on at once (0008): e.g. a critical alert in the run's
+    environment, which fails a canary analysis or monitoring window. Written by the event's transaction,
+    read by the run's analysis loop, marked consumed when the run acted on it; `dedup_key` makes a
+    repeated delivery of the same event a no-op."""
+
+    __tablename__ = "run_signals"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))  # fail_analysis
+    source: Mapped[str] = mapped_column(String(64))  # alertmanager
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    dedup_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("run_id", "dedup_key", name="uq_run_signals_run_dedup"),
+                      Index("ix_run_signals_run", "run_id", "consumed_at"))
+
+
 class Checklist(Base):
     """A tickable checklist posted in Slack (an incident's, a finished rollback's: runbook 8.3) (0007).
     `key` is the owner's name for it (`incident:12`, `rollback:r-…`); `message_key` the outbox key of

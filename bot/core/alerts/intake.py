@@ -120,7 +120,8 @@ class AlertIntake:
         was = grp.status
         grp.firing_count, grp.resolved_count = int(firing), int(total) - int(firing)
         grp.status = "firing" if firing else "resolved"
-        grp.severity, grp.mention = where.severity, where.mention
+        # an acknowledged group is not announced again (its root's update and a reopen mention nobody)
+        grp.severity, grp.mention = where.severity, "none" if grp.acked_by else where.mention
         grp.common_labels, grp.common_annotations = dict(n.common_labels), dict(n.common_annotations)
         grp.summary = n.common_annotations.get("summary") or grp.summary
         grp.external_url, grp.receiver = n.external_url or grp.external_url, n.receiver

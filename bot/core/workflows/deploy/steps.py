@@ -14,6 +14,7 @@ from bot.core.ports import WorkloadRef
 from bot.core.runs.context import Skipped, StepContext, StepFailed
 from bot.core.runs.spec import StepSpec
 from bot.core.runs.states import TOUCHED_STEP, Phase, StepStatus
+from bot.core.workflows.deploy.correlation import analysis_wait
 from bot.core.workflows.deploy.plan import plan_steps
 from bot.persistence.models import Run, RunStep
 
@@ -208,7 +209,7 @@ def monitor(ctx: StepContext) -> str | None:
     elapsed = float(ctx.data.get("elapsed", 0.0))
     checks = _checks(ctx, whole_service=True)
     while elapsed < seconds:
-        ctx.wait(min(interval, seconds - elapsed))
+        analysis_wait(ctx, min(interval, seconds - elapsed))  # an alert fails the window at once
         elapsed += min(interval, seconds - elapsed)
         result = analyse(ctx.backends.metrics, checks, _variables(ctx))
         ctx.audit("deploy.analysis", result.verdict, window="monitor", summary=result.summary())
@@ -280,7 +281,7 @@ def canary(ctx: StepContext) -> str | None:
                    AnalysisTracker(failure_limit=c["failure_limit"], inconclusive_limit=c["inconclusive_limit"],
                                    intervals_required=c["intervals_per_step"], error_limit=c.get("error_limit", 4)))
         while not tracker.decided:
-            ctx.wait(float(c["interval_seconds"]))
+            analysis_wait(ctx, float(c["interval_seconds"]))  # an alert fails the analysis at once
             result = analyse(ctx.backends.metrics, checks, _variables(ctx))
             down = result.unreachable
             if down is not None:  # no metric could be read: an error, counted apart (consecutive limit)
@@ -358,7 +359,7 @@ def blue_green(ctx: StepContext) -> str | None:
     checks = _checks(ctx, whole_service=True)
     while watched < window:
         step = min(10.0, window - watched)
-        ctx.wait(step)
+        analysis_wait(ctx, step)  # an alert fails the watch at once
         watched += step
         result = analyse(ctx.backends.metrics, checks, _variables(ctx))
         ctx.audit("deploy.analysis", result.verdict, window="blue-green", colour="green", summary=result.summary())
