@@ -2,7 +2,8 @@
 rate-limiting fake Slack.
 
 Each group gets 10 posts of 20 alerts: 6 posts of newly firing alerts, one duplicate of an earlier
-post (an HA peer's copy), 3 posts resolving 60 of the 120. Posts are sent by 16 concurrent clients.
+post (an HA peer's copy), 3 posts resolving 60 of the 120. Posts are sent by 16 concurrent clients
+to `chatops serve` running in a process of its own.
 Prints alerts accepted per second, Slack calls made (against the budget of 3 per group plus 1 per
 state change, a state change being a notification that changed something: a thread line), 429s
 met, alerts lost (state in the database or on Slack's roots not what was sent), and seconds until
@@ -28,10 +29,15 @@ import httpx
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import HOST, chatops_env, free_port, spawn_chatops, stop, tail, wait_ready  # noqa: E402
 
 from bot.core.alerts import simulate as sim  # noqa: E402
+from bot.persistence.db import Database  # noqa: E402
 from bot.persistence.models import AlertGroup, AlertInstance, OutboxMessage  # noqa: E402
-from tests.alerting import TOKEN, RateLimitedSlack, alert_config, roots, start_alert_bot  # noqa: E402
+from tests.alerting import TOKEN, RateLimitedSlack, alert_config, roots  # noqa: E402
+from tests.bot_server import DEFAULT_TOKEN, SECRET  # noqa: E402
 
 T0 = datetime.now(UTC) - timedelta(minutes=30)
 ENVS = (("staging", "high"), ("production", "critical"), ("staging", "warning"))
@@ -52,6 +58,17 @@ def group_posts(g: int) -> list[dict[str, Any]]:
     return posts
 
 
+def _settle(db: Database, timeout: float) -> None:
+    """Wait until the server's outbox has nothing left to send (read from its database file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.read() as s:
+            if s.execute(select(func.count()).where(OutboxMessage.status == "pending")).scalar_one() == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError("the outbox did not drain")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", type=int, default=50)
@@ -62,8 +79,18 @@ def main() -> int:
     order = [(g, p) for p in range(10) for g in range(args.groups)]
     alerts_sent = sum(len(per_group[g][p]["alerts"]) for g, p in order)
     with tempfile.TemporaryDirectory() as tmp, RateLimitedSlack(per_second=args.per_second) as fake:
-        bot = start_alert_bot(fake, Path(tmp), config=alert_config(Path(tmp)), shutdown_grace_seconds=2)
+        work = Path(tmp)
+        db_url = f"sqlite:///{work / 'storm.db'}"
+        port = free_port()
+        env = chatops_env(work, signing_secret=SECRET, db_name="storm.db")
+        env.update(CHATOPS_CONFIG=str(alert_config(work)), CHATOPS_SLACK_API_URL=fake.base_url,
+                   CHATOPS_SLACK_BOT_TOKEN=DEFAULT_TOKEN, CHATOPS_ALERTMANAGER_TOKEN=TOKEN)
+        # the real server: `chatops serve` in a process of its own, so that the load generator and the fake
+        # Slack in this process do not share its interpreter
+        proc = spawn_chatops(port, env, work, "storm.log")
         try:
+            wait_ready(proc, port, timeout=60)
+            url = f"http://{HOST}:{port}"
             bodies = {(g, p): json.dumps(per_group[g][p]).encode() for g, p in order}
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
             clients = [httpx.Client(timeout=30) for _ in range(16)]
@@ -72,7 +99,7 @@ def main() -> int:
             def send_round(p: int) -> None:
                 def send(g: int) -> int:
                     client = clients[g % len(clients)]
-                    return client.post(f"{bot.url}/alerts/alertmanager", content=bodies[(g, p)],
+                    return client.post(f"{url}/alerts/alertmanager", content=bodies[(g, p)],
                                        headers=headers).status_code
 
                 with ThreadPoolExecutor(16) as pool:
@@ -84,13 +111,15 @@ def main() -> int:
             accepted_s = time.perf_counter() - started
             for c in clients:
                 c.close()
-            bot.settle(timeout=600)
+            db = Database(db_url)
+            _settle(db, timeout=600)
             settle_s = time.perf_counter() - started - accepted_s
-            with bot.container.db.read() as s:
+            with db.read() as s:
                 firing = s.execute(select(func.count()).where(AlertInstance.status == "firing")).scalar_one()
                 resolved = s.execute(select(func.count()).where(AlertInstance.status == "resolved")).scalar_one()
                 groups = s.execute(select(func.count()).select_from(AlertGroup)).scalar_one()
                 dead = s.execute(select(func.count()).where(OutboxMessage.status == "dead")).scalar_one()
+            db.dispose()
             expected_firing, expected_resolved = 60 * args.groups, 60 * args.groups
             lost = abs(expected_firing - firing) + abs(expected_resolved - resolved) + sum(
                 1 for s_ in statuses if s_ != 200)
@@ -103,8 +132,11 @@ def main() -> int:
             lines = sum(1 for c in ok_calls if c.method == "chat.postMessage" and c.params.get("thread_ts"))
             per_channel = {ch: sum(1 for c in ok_calls if c.params.get("channel") == ch) for ch in channels}
             floor = max(per_channel.values()) / args.per_second
+        except Exception:
+            print(tail(work / "storm.log"), file=sys.stderr)
+            raise
         finally:
-            bot.stop()
+            stop(proc)
     budget = 3 * args.groups + lines
     print(f"posts: {len(order)} ({alerts_sent} alerts) accepted in {accepted_s:.2f}s; groups stored: {groups}")
     print(f"slack calls: {len(ok_calls)} (budget {budget}: 3 x {args.groups} groups + {lines} state changes); "
