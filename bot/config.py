@@ -132,7 +132,7 @@ class DeployCorrelation(_Strict):
 
 Strategy = Literal["rolling", "canary", "blue-green"]
 StepKind = Literal["checklist", "precheck", "trading_stop", "maintenance_on", "job", "rollout", "health",
-                   "maintenance_off", "trading_resume", "monitor"]
+                   "maintenance_off", "trading_resume", "monitor", "db_rollback"]
 
 
 class CanarySettings(_Strict):
@@ -406,6 +406,12 @@ class Environment(_Strict):
                                          "KPI monitoring window between stages (runbook 5.4: 15 minutes)")
     stop_verify_seconds: float = Field(30.0, ge=1, le=600, description="/stop-trading: how long the trading "
                                        "API gets to show no bots trading and no open orders")
+    db_rollback: JobSettings | None = Field(None, description="/rollback --with-db: the database rollback Job "
+                                            "(runbook 8.2 step 3); {version}, {from_version}, {image}, {run} "
+                                            "substituted")
+    immediate_rollback_window_seconds: float | None = Field(
+        None, ge=0, le=86400, description="/rollback runs without approval when the last deploy ended (failed, "
+        "rolled back or succeeded) within this many seconds; unset: off (the default)")
     rollback_deadline_seconds: float = Field(1800.0, ge=10, le=86400, description="how long a rollback step "
                                              "retries transient faults before the run needs a person")
     rollout_timeout_seconds: float = Field(600.0, ge=5)
@@ -441,6 +447,8 @@ class Environment(_Strict):
             if step.kind == "job" and step.job not in names:
                 known = ", ".join(sorted(names)) or "none"
                 raise ValueError(f"procedure.{i}.job: {step.job!r} is not in jobs ({known})")
+            if step.kind == "db_rollback":
+                raise ValueError(f"procedure.{i}: db_rollback runs only in `/rollback --with-db` (set db_rollback)")
         return self
 
     @field_validator("allowed_tags")

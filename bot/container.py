@@ -33,6 +33,7 @@ from bot.settings import Settings
 from bot.tasks import PendingRunner, TaskRunner
 from commands import registry
 from commands.dispatch import Dispatcher
+from commands.home import HomeRefresher
 
 if TYPE_CHECKING:
     from integrations.simulated import SimWorld
@@ -157,6 +158,9 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
                 direct_reply=_direct_reply(transport), deploy=deploy, env_backends=env_backends.__getitem__)
     commands, actions = registry.build()
     dispatcher = Dispatcher(core, commands, actions, metrics)
+    home_refresher = HomeRefresher(core, commands)  # App Home follows run changes (issue 7 §6)
+    store.on_state_change.append(home_refresher.notify)
+    stoppers.append(home_refresher)
     tasks = TaskRunner(metrics, workers=settings.worker_threads)
     side_workers = _page_workers(config, db, metrics, outbox, settings)
     worker = OutboxWorker(db, transport, metrics, outbox=outbox, claim_seconds=settings.outbox_claim_seconds,

@@ -256,6 +256,7 @@ class Rollback:
     env: str | None = None
     to: str | None = None
     reason: str | None = None
+    with_db: bool = False
 
 
 ROLLBACK_SPEC = CommandSpec(
@@ -266,16 +267,21 @@ ROLLBACK_SPEC = CommandSpec(
         Flag("env", "environment (default: the config's default_environment)", env_value, metavar="ENV"),
         Flag("to", "the version to go back to (default: the one before the live version)", version_value,
              metavar="VERSION"),
+        Flag("with-db", "also roll the database back with the environment's db_rollback Job (runbook 8.2 step 3; "
+             "admin, and always one approval)"),
         Flag("reason", "why (shown in the plan, the incident channel and the audit log)", text_value,
              metavar="TEXT"),
     ),
-    examples=("/rollback --env production --reason \"fills broken\"", "/rollback --env production --to v2.2.0"),
+    examples=("/rollback --env production --reason \"fills broken\"", "/rollback --env production --to v2.2.0",
+              "/rollback --env production --to v2.2.0 --with-db --reason \"migration broke fills\""),
 )
 
 
 def _authorize_rollback(cmd: Rollback, ctx: Ctx) -> str | None:
     env = _env_of(ctx, cmd.env)
     ctx.core.authorizer.require(ctx.actor, Role.deployer, env, f"roll back {env}")
+    if cmd.with_db:
+        ctx.core.authorizer.require(ctx.actor, Role.admin, env, f"roll the database of {env} back (--with-db)")
     return env
 
 
@@ -290,7 +296,7 @@ def _run_rollback(cmd: Rollback, ctx: Ctx) -> Reply:
     assert ctx.session is not None
     return _svc(ctx).rollback(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,
                               correlation_id=ctx.correlation_id, env_name=env, to=cmd.to, reason=cmd.reason,
-                              current_image=ctx.prefetched, executor=ctx.core.executor)
+                              current_image=ctx.prefetched, executor=ctx.core.executor, with_db=cmd.with_db)
 
 
 def make_entries() -> tuple[list[CommandEntry], list[ActionEntry]]:

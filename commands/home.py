@@ -1,15 +1,22 @@
 """The App Home tab: the live status of every environment the viewer may see, with the buttons for what
 they may do there, then their roles and the commands.
 
-Published when the tab is opened (`app_home_opened`, `prepare_home_opened`) and by `refresh_home(core,
-user_ids)`, which the run engine can call when a run changes state. The live reads (`bot.core.status`)
-happen before the publishing transaction opens, so no write lock is held while a backend is slow.
+Published when the tab is opened (`app_home_opened`, `prepare_home_opened`) and when a run changes state:
+`HomeRefresher` listens to the runs engine's transitions (`RunStore.on_state_change`, told after the
+commit) and republishes, through the outbox, the tab of everyone who opened it in the last
+`RECENT_VIEWERS` and may see the run's environment — each with their own buttons, one view per user per
+burst of changes (`refresh_home`). The live reads (`bot.core.status`) happen before the publishing
+transaction opens, so no write lock is held while a backend is slow.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from datetime import timedelta
 from typing import Any
+
+from sqlalchemy import select
 
 from bot import blocks
 from bot.config import Role
@@ -17,10 +24,18 @@ from bot.core.context import Core
 from bot.core.model import Reply
 from bot.core.status import EnvStatus, environment_statuses
 from bot.ids import ActionId, encode_value
+from bot.persistence.models import OutboxMessage
+from bot.timeutil import utcnow
 from commands.dispatch import ActionEntry, CommandEntry, Ctx
 from commands.status import footer, render_env
 
 log = logging.getLogger(__name__)
+#: whose Home tab follows run changes: those who opened it within this long
+RECENT_VIEWERS = timedelta(minutes=30)
+#: how long a burst of run changes is gathered before the tabs are published once
+BURST_SECONDS = 0.5
+#: marks a view published by a refresh (not by the user opening the tab), in Slack's `private_metadata`
+REFRESHED = "refreshed"
 
 
 def visible_statuses(core: Core, envs: list[str]) -> dict[str, EnvStatus]:
@@ -45,8 +60,9 @@ def _buttons(core: Core, user_id: str, env: str) -> list[dict[str, Any]]:
 
 
 def home_view(core: Core, user_id: str, commands: dict[str, CommandEntry],
-              statuses: dict[str, EnvStatus] | None = None) -> dict[str, object]:
-    """The view for `user_id`; `statuses` (from `visible_statuses`) is read now when not given."""
+              statuses: dict[str, EnvStatus] | None = None, *, refreshed: bool = False) -> dict[str, object]:
+    """The view for `user_id`; `statuses` (from `visible_statuses`) is read now when not given. `refreshed`:
+    published because a run changed, not because the user opened the tab."""
     name = core.config.name_of(user_id)
     visible = core.authorizer.environments_visible_to(user_id)
     if statuses is None:
@@ -68,7 +84,10 @@ def home_view(core: Core, user_id: str, commands: dict[str, CommandEntry],
     usage = "\n".join(f"• `{e.spec.usage}` — {e.spec.summary}" for e in commands.values() if e.listed)
     body += [blocks.divider(), blocks.section(usage),
              blocks.context("Every command and click is recorded in the audit log.")]
-    return {"type": "home", "blocks": blocks.message(*body)}
+    view: dict[str, object] = {"type": "home", "blocks": blocks.message(*body)}
+    if refreshed:
+        view["private_metadata"] = REFRESHED
+    return view
 
 
 def refresh_home(core: Core, user_ids: list[str], commands: dict[str, CommandEntry] | None = None) -> int:
@@ -83,11 +102,90 @@ def refresh_home(core: Core, user_ids: list[str], commands: dict[str, CommandEnt
         commands = registry.build()[0]
     envs = sorted({env for uid in user_ids for env in core.authorizer.environments_visible_to(uid)})
     statuses = visible_statuses(core, envs)
-    views = {uid: home_view(core, uid, commands, statuses) for uid in dict.fromkeys(user_ids)}
+    views = {uid: home_view(core, uid, commands, statuses, refreshed=True) for uid in dict.fromkeys(user_ids)}
     with core.db.transaction() as session:
         for uid, view in views.items():
             core.outbox.home(session, uid, view)
     return len(views)
+
+
+def recent_viewers(core: Core, since: timedelta = RECENT_VIEWERS) -> list[str]:
+    """Who opened the Home tab within `since` (read from the outbox, so it holds across restarts and
+    replicas): the users of the views published because the tab was opened, not by a refresh."""
+    with core.db.read() as session:
+        rows = session.execute(select(OutboxMessage.channel, OutboxMessage.payload)
+                               .where(OutboxMessage.kind == "home", OutboxMessage.created_at >= utcnow() - since)
+                               .order_by(OutboxMessage.id)).all()
+    users: dict[str, None] = {}
+    for lane, payload in rows:
+        channel = str(lane or "")
+        body: dict[str, Any] = payload if isinstance(payload, dict) else {}
+        view = body.get("view") or {}
+        if channel.startswith("home:") and view.get("private_metadata") != REFRESHED:
+            users[channel[len("home:"):]] = None
+    return list(users)
+
+
+class HomeRefresher:
+    """Republishes the Home tab of recent viewers when runs change state: `notify(env, state)` is the
+    runs engine's listener (cheap: it only records the environment); a thread of its own gathers a burst
+    of changes for `burst_seconds`, then publishes one view per viewer who may see any changed environment."""
+
+    def __init__(self, core: Core, commands: dict[str, CommandEntry], *, since: timedelta = RECENT_VIEWERS,
+                 burst_seconds: float = BURST_SECONDS) -> None:
+        self.core, self.commands, self.since, self.burst_seconds = core, commands, since, burst_seconds
+        self._changed: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = 0  # views queued so far (for tests and metrics)
+        self._busy = False
+
+    def notify(self, env: str, state: str = "") -> None:
+        with self._lock:
+            self._changed.add(env)
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(target=self._loop, name="chatops-home-refresh", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def idle(self) -> bool:
+        """Nothing gathered, nothing being published."""
+        with self._lock:
+            return not self._changed and not self._busy and not self._wake.is_set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            if self._stopping.wait(self.burst_seconds):  # gather the rest of the burst
+                return
+            with self._lock:
+                self._wake.clear()
+                changed, self._changed = self._changed, set()
+                self._busy = bool(changed)
+            if changed:
+                try:
+                    self.refresh(changed)
+                except Exception:  # noqa: BLE001 - e.g. the database is down: the next change tries again
+                    log.exception("could not refresh the Home tabs")
+                finally:
+                    with self._lock:
+                        self._busy = False
+
+    def refresh(self, changed: set[str]) -> int:
+        """Publish to the recent viewers who may see one of the `changed` environments; the number queued."""
+        viewers = [uid for uid in recent_viewers(self.core, self.since)
+                   if changed & set(self.core.authorizer.environments_visible_to(uid))]
+        count = refresh_home(self.core, viewers, self.commands)
+        self.published += count
+        return count
 
 
 # -- the Home tab's buttons ------------------------------------------------------------------------------

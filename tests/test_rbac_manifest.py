@@ -1,7 +1,8 @@
 """deploy/rbac.yaml against what the bot really asks Kubernetes for.
 
 Real deploys — canary by replicas, canary through an Istio VirtualService, blue-green, a canary that
-fails its analysis and rolls back, a database Job that fails — run through the console (the real
+fails its analysis and rolls back, a `/rollback --with-db` (its database rollback Job), a database Job
+that fails — run through the console (the real
 dispatcher, deploy engine and `KubernetesCluster` with the official client) against the Kubernetes API
 stand-in, which records every request as RBAC sees it: (apiGroup, resource, verb, name). The Role must
 allow each of those requests, as the API server's authorizer would (resourceNames included), and each
@@ -74,6 +75,7 @@ def write_config(path: Path, kube_url: str, strategy_settings: dict[str, Any]) -
     data: dict[str, Any] = yaml.safe_load((REPO / "chatops.example.yml").read_text(encoding="utf-8"))
     prod = data["environments"]["production"]
     prod.update(kubernetes={"host": kube_url}, approvals_required=0, monitor_seconds=0,
+                stop_trading=False,  # /rollback's procedure without the trading steps (and their pauses)
                 rollout_timeout_seconds=60, blue_green={"monitor_seconds": 0},
                 procedure=[{"kind": "precheck", "name": "Pre-checks"},
                            {"kind": "job", "name": "Database backup", "job": "backup"},
@@ -98,6 +100,8 @@ SCENARIOS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("istio canary", {"router": "istio", "virtual_service": APP, "host": APP},
      ["/deploy v2.5 --env production --canary --reason rbac", "wait"]),
     ("blue-green", {}, ["/deploy v2.6 --env production --blue-green --reason rbac", "wait"]),
+    ("db rollback", {}, ["as root", "/rollback --env production --to v2.1.0 --with-db --reason rbac", "as bob",
+                         "click Approve", "wait"]),
     ("failed job", {}, ["/deploy v2.7 --env production --reason rbac", "wait"]),
 ]
 
@@ -130,7 +134,8 @@ def deploys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploys]:
 def test_the_deploys_ran_their_course(deploys: Deploys) -> None:
     """Each scenario reached the outcome it is there for (so its requests are in the record)."""
     expected = {"canary": "✅ Succeeded", "canary rolled back": "⏪ Rolled back", "istio canary": "✅ Succeeded",
-                "blue-green": "✅ Succeeded", "failed job": "Error: backup target unreachable"}
+                "blue-green": "✅ Succeeded", "failed job": "Error: backup target unreachable",
+                "db rollback": "database rolled back: job"}
     for label, text in expected.items():
         assert text in deploys.outputs[label], f"{label}: {text!r} not in the console output"
 

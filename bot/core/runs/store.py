@@ -7,6 +7,7 @@ can never disagree after a crash.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,10 +25,20 @@ from bot.outbox import Outbox
 from bot.persistence.audit import AuditEntry, append
 from bot.persistence.models import Approval, Run, RunStep
 
+log = logging.getLogger(__name__)
+
 
 def run_key(run_id: str) -> str:
     """The outbox key of a run's live message (its thread hangs off it)."""
     return f"run:{run_id}"
+
+
+def _tell(listeners: list[Callable[[str, str], None]], env: str, state: str) -> None:
+    for listener in listeners:
+        try:
+            listener(env, state)
+        except Exception:  # noqa: BLE001 - a listener must never break the commit path
+            log.exception("run state listener failed")
 
 
 class RunStore:
@@ -38,6 +49,8 @@ class RunStore:
         self.backends = backends
         self.registry = registry
         self.wakeup = threading.Event()  # set after a run becomes runnable or an abort is requested
+        #: called with (environment, new state) after a transaction that moved a run commits (App Home refresh)
+        self.on_state_change: list[Callable[[str, str], None]] = []
 
     def env(self, name: str) -> Environment:
         return self.config.environments[name]
@@ -89,6 +102,9 @@ class RunStore:
         check_transition(run.state, to)
         run.state = to.value
         run.version_no += 1
+        if self.on_state_change:  # told only once the change is durable; a rolled-back transaction tells nobody
+            env, listeners = run.environment, list(self.on_state_change)
+            event.listen(session, "after_commit", lambda _s: _tell(listeners, env, to.value), once=True)
 
     def wake_after_commit(self, session: Session) -> None:
         event.listen(session, "after_commit", lambda _s: self.wakeup.set(), once=True)

@@ -43,15 +43,20 @@ def default_procedure(env: Environment) -> list[StepSettings]:
     return steps
 
 
-def rollback_procedure(env: Environment) -> list[StepSettings]:
-    """Runbook 8.2: stop trading, maintenance on, roll the application back, verify, maintenance off,
-    resume trading gradually (the incident channel is told when the run starts and ends)."""
+def rollback_procedure(env: Environment, *, with_db: bool = False) -> list[StepSettings]:
+    """Runbook 8.2: stop trading, maintenance on, roll the application back, (with_db) roll the database
+    back, verify, maintenance off, resume trading gradually (the incident channel is told when the run
+    starts and ends)."""
     steps = [StepSettings(kind="precheck", name="Pre-checks")]
     if env.stop_trading:
         steps += [StepSettings(kind="trading_stop", name="Stop trading (runbook 8.2 step 1)"),
                   StepSettings(kind="maintenance_on", name="Maintenance mode on")]
-    steps += [StepSettings(kind="rollout", name="Roll the application back (runbook 8.2 step 2)"),
-              StepSettings(kind="health", name="Verify: health checks and smoke tests (runbook 8.2 step 4)")]
+    steps.append(StepSettings(kind="rollout", name="Roll the application back (runbook 8.2 step 2)"))
+    if with_db:
+        from bot.core.workflows.deploy.db_rollback import procedure_step
+
+        steps.append(procedure_step(env))
+    steps.append(StepSettings(kind="health", name="Verify: health checks and smoke tests (runbook 8.2 step 4)"))
     if env.stop_trading:
         resume = next((s for s in env.procedure or default_procedure(env) if s.kind == "trading_resume"), None)
         steps += [StepSettings(kind="maintenance_off", name="Maintenance mode off"),

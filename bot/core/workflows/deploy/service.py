@@ -23,6 +23,7 @@ from bot.core.ports import EnvBackends, WorkloadRef
 from bot.core.rbac import Authorizer
 from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
+from bot.core.workflows.deploy import db_rollback
 from bot.core.workflows.deploy.plan import (
     DeploySubject,
     build_plan,
@@ -92,7 +93,8 @@ class DeployService:
     def request(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
                 env_name: str, version: str, strategy: str, dry_run: bool, reason: str | None,
                 force: bool, current_image: str | None = None, kind: str = KIND,
-                procedure: list[StepSettings] | None = None, approvals: int | None = None) -> Reply:
+                procedure: list[StepSettings] | None = None, approvals: int | None = None,
+                extra_plan: dict[str, Any] | None = None) -> Reply:
         env = self.env(env_name)
         required = env.approvals_required if approvals is None else approvals
         if current_image is None:
@@ -105,6 +107,7 @@ class DeployService:
                           current_image=current_image, checks=checks, reason=reason, requested_by=actor.user_id,
                           procedure=procedure)
         plan["approvals_required"] = required
+        plan.update(extra_plan or {})  # e.g. /rollback --with-db's Job: hashed, so approvals cover it
         run_id = "r-" + secrets.token_hex(4)
         now = utcnow()
         if dry_run:
@@ -159,7 +162,8 @@ class DeployService:
                          f"{required} approval(s) from approvers other than you within "
                          f"{describe_duration(env.approval_ttl_minutes * 60)}.")
         if kind != KIND:
-            return Reply(f"Rolling {env_name} back to {version} (run `{run_id}`); "
+            at_once = f" at once, without approval: {plan['immediate']}" if plan.get("immediate") else ""
+            return Reply(f"Rolling {env_name} back to {version}{at_once} (run `{run_id}`); "
                          f"follow it{where or ' in the channel'}.")
         return Reply(f"Deploying {version} → {env_name} (run `{run_id}`); follow it{where or ' in the channel'}.")
 
@@ -177,9 +181,9 @@ class DeployService:
 
     def rollback(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
                  env_name: str, to: str | None, reason: str | None, current_image: str | None,
-                 executor: Any) -> Reply:
+                 executor: Any, with_db: bool = False) -> Reply:
         """`/rollback`: continue a run whose rollback could not finish, else roll back to the previous version
-        (or `to`) by runbook 8.2."""
+        (or `to`) by runbook 8.2; `with_db` adds the database rollback Job (see `db_rollback`)."""
         holder = locks.current(session, env_name)
         if holder is not None and holder.run_id:
             held = self.store.load(session, holder.run_id)
@@ -199,10 +203,16 @@ class DeployService:
         required = env.rollback_approvals_required
         if required is None:
             required = 1 if env.approvals_required > 0 else 0
+        extra = db_rollback.plan_extra(env_name, env, version=version, from_image=live) if with_db else {}
+        immediate = None if with_db else db_rollback.immediate_reason(session, env_name, env)
+        if with_db:
+            required = max(required, 1)  # a database rollback always needs a second person
+        elif immediate and required:
+            required, extra = 0, {"immediate": immediate}
         return self.request(session, actor=actor, channel_id=channel_id, correlation_id=correlation_id,
                             env_name=env_name, version=version, strategy="rolling", dry_run=False, reason=reason,
-                            force=False, current_image=live, kind="rollback", procedure=rollback_procedure(env),
-                            approvals=required)
+                            force=False, current_image=live, kind="rollback",
+                            procedure=rollback_procedure(env, with_db=with_db), approvals=required, extra_plan=extra)
 
     def live_image(self, env_name: str, version: str) -> str:
         """Check the version against the environment's tag pattern, then read the live image (a network

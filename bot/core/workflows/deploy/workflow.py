@@ -151,6 +151,12 @@ class RollbackWorkflow(DeployWorkflow):
     kind = "rollback"
     audit_prefix = "rollback"
 
+    def __init__(self, config: Config, backends: Callable[[str], EnvBackends]) -> None:
+        super().__init__(config, backends)
+        from bot.core.workflows.deploy import db_rollback
+
+        self.handlers = {**self.handlers, **db_rollback.HANDLERS}  # --with-db (runbook 8.2 step 3)
+
     def title(self, run: Run) -> str:
         return f"Rollback of {run.environment} to {subject_of(run).version}"
 
