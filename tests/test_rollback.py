@@ -84,3 +84,33 @@ def test_rollback_continues_a_run_whose_rollback_could_not_finish(deployer: Depl
     assert deployer.live_image("staging") == OLD_IMAGE and "still changed" not in (run.outcome or "")
     with deployer.container.db.read() as session:
         assert locks.current(session, "staging") is None
+
+
+def test_a_rollback_that_fails_after_its_image_change_is_never_reversed(deployer: Deployer) -> None:
+    """A rollback whose rollout fails after the image went back ends failed where it is — never redeploying the
+    release it rolls back from — keeps the lock, trading stopped and maintenance on; /rollback then retries it
+    forward from the failed step."""
+    deployed(deployer)
+    cluster = deployer.sim("staging").cluster
+    cluster.fail_next_rollout()
+    reply = deployer.command("/rollback", "--env staging --reason 'bad fills'", ALICE)
+    run_id = reply.split("run `")[1].split("`")[0]
+    run = deployer.wait_state(run_id)
+    assert run.state == "failed", run.outcome
+    assert "undoing would redeploy the release being rolled back" in (run.outcome or "")
+    assert deployer.live_image("staging") == OLD_IMAGE  # not back on the bad release
+    assert not [s for s in deployer.steps(run_id) if s.phase == "rollback"]
+    trading = deployer.sim("staging").trading.status()
+    assert not trading.trading and trading.maintenance  # the safe state, for a person to look at
+    with deployer.container.db.read() as session:
+        holder = locks.current(session, "staging")
+    assert holder is not None and holder.run_id == run_id
+    cluster.restart_rollout("trading-staging", "trading-bot-swarm")
+    assert f"run `{run_id}`" in deployer.command("/rollback", "--env staging", ALICE)
+    run = deployer.wait_state(run_id, "succeeded")
+    assert deployer.live_image("staging") == OLD_IMAGE
+    trading = deployer.sim("staging").trading.status()
+    assert trading.trading and not trading.maintenance
+    assert deployer.audit("rollback.continue", run_id)  # who continued it is on record
+    with deployer.container.db.read() as session:
+        assert locks.current(session, "staging") is None

@@ -170,6 +170,10 @@ class Executor:
             raise Conflict(f"run {run.id} is {run.state}; only a failed run's rollback can be continued")
         steps = self.store.steps(session, run.id)
         rollback = [s for s in steps if s.phase == Phase.rollback.value]
+        workflow = self.store.workflow(run)
+        if not rollback and workflow.compensates and workflow.undo_refused(run, steps):
+            self._continue_forward(session, run, steps, actor)
+            return
         if not rollback:
             raise Conflict(f"run {run.id} has no rollback to continue")
         for step in rollback:
@@ -183,6 +187,26 @@ class Executor:
         workflow = self.store.workflow(run)
         self.store.audit(session, run, actor, f"{workflow.audit_prefix}.rollback.continue", "rolling_back")
         self.store.thread(session, run, f":repeat: {actor.label} continues the rollback.")
+        self.store.refresh_message(session, run)
+        self.store.wake_after_commit(session)
+
+    def _continue_forward(self, session: Any, run: Run, steps: Sequence[RunStep], actor: Actor) -> None:
+        """`failed` -> `running` for a run that must not be undone: its failed step and the ones after it
+        run again (a rollback whose health check failed is retried, never reversed)."""
+        for step in steps:
+            if step.phase == Phase.main.value and step.status in (StepStatus.failed.value, StepStatus.skipped.value,
+                                                                   StepStatus.running.value):
+                step.status, step.finished_at = StepStatus.pending.value, None
+        self.store.transition(session, run, RunState.running)
+        run.finished_at = None
+        run.outcome = None
+        run.abort_requested_by = None
+        run.lease_owner = run.lease_until = None
+        locks.extend(session, run.environment, run.id,
+                     timedelta(minutes=self.store.env(run.environment).lock_ttl_minutes))
+        workflow = self.store.workflow(run)
+        self.store.audit(session, run, actor, f"{workflow.audit_prefix}.continue", "running")
+        self.store.thread(session, run, f":repeat: {actor.label} continues the run from its failed step.")
         self.store.refresh_message(session, run)
         self.store.wake_after_commit(session)
 
@@ -226,15 +250,15 @@ class Executor:
             main = [s for s in steps if s.phase == Phase.main.value]
             rollback = [s for s in steps if s.phase == Phase.rollback.value]
             if state == RunState.running:
-                if run.abort_requested_by:
-                    self._start_rollback(run_id, f"aborted by <@{run.abort_requested_by}>")
-                    continue
+                workflow = self.store.workflow(run)
                 failed = [s for s in main if s.status == StepStatus.failed.value]
-                if failed and not self.store.workflow(run).compensates:
-                    self._finish(run_id, RunState.failed, f"“{failed[0].name}” failed: {failed[0].detail}")
+                cause = (f"aborted by <@{run.abort_requested_by}>" if run.abort_requested_by
+                         else f"“{failed[0].name}” failed: {failed[0].detail}" if failed else None)
+                if failed and not run.abort_requested_by and not workflow.compensates:
+                    self._finish(run_id, RunState.failed, cause)
                     return
-                if failed:  # a failure whose rollback never started (crash or engine error in between)
-                    self._start_rollback(run_id, f"“{failed[0].name}” failed: {failed[0].detail}")
+                if cause is not None:  # also a failure whose rollback never started (crash in between)
+                    self._undo(run_id, cause)
                     continue
                 pending = [s for s in main if s.status in OPEN_STEP]
                 if not pending:
@@ -290,7 +314,7 @@ class Executor:
             started = aware(row.started_at) or utcnow()
             data = dict(row.data or {})
         if resumed_unsafe:
-            self._start_rollback(run.id, f"step “{step.name}” was interrupted by a restart and is unsafe to resume")
+            self._undo(run.id, f"step “{step.name}” was interrupted by a restart and is unsafe to resume")
             return
         elapsed = (utcnow() - started).total_seconds()
         timeout = workflow.rollback_deadline(run) if phase == Phase.rollback else spec.timeout
@@ -313,7 +337,7 @@ class Executor:
             self.store.refresh_message(session, live)
         if failure is not None and phase == Phase.main:
             if workflow.compensates:
-                self._start_rollback(run.id, f"“{step.name}” failed: {failure}")
+                self._undo(run.id, f"“{step.name}” failed: {failure}")
             else:  # nothing to undo (a safety action): the run failed, and says what it could not do
                 self._finish(run.id, RunState.failed, f"“{step.name}” failed: {failure}")
         # rollback phase: the loop sees the failed step and ends the run as failed
@@ -379,6 +403,18 @@ class Executor:
         except ChatOpsError:
             log.warning("run %s: could not record giving up step %r", ctx.run_id, step.name)
         return StepStatus.failed, text, text
+
+    def _undo(self, run_id: str, reason: str) -> None:
+        """Compensate — unless the workflow says this run must not be undone: then it ends failed where it is,
+        holding its lock, for a person to continue forward."""
+        with self.db.read() as session:
+            run = self.store.load(session, run_id, for_update=False)
+            refused = self.store.workflow(run).undo_refused(run, self.store.steps(session, run_id))
+        if refused:
+            log.warning("run %s: %s; not undone: %s", run_id, reason, refused)
+            self._finish(run_id, RunState.failed, f"{reason}; {refused}")
+        else:
+            self._start_rollback(run_id, reason)
 
     def _start_rollback(self, run_id: str, reason: str) -> None:
         with self.db.transaction() as session:

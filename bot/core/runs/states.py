@@ -33,7 +33,8 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.rolling_back: frozenset({RunState.rolled_back, RunState.failed}),
     RunState.succeeded: frozenset(),
     RunState.rolled_back: frozenset(),
-    RunState.failed: frozenset({RunState.rolling_back}),
+    # failed -> running: a person continues a run that must not be undone (a rollback past its image change)
+    RunState.failed: frozenset({RunState.rolling_back, RunState.running}),
     RunState.aborted: frozenset(),
     RunState.expired: frozenset(),
 }

@@ -50,6 +50,11 @@ class Workflow(Protocol):
         """Rollback steps that undo what the recorded steps did (empty: nothing to undo)."""
         ...
 
+    def undo_refused(self, run: Run, steps: Sequence[RunStep]) -> str | None:
+        """Why this run must not be undone now that a main step failed or it was aborted (None: compensate as
+        usual). The run then ends failed, holding its lock, and a person continues it forward."""
+        ...
+
     def retry_policy(self, run: Run, spec: StepSpec, phase: Phase) -> RetryPolicy: ...
 
     def rollback_deadline(self, run: Run) -> float:

@@ -12,9 +12,9 @@ from bot.config import Config, Role
 from bot.core import checklists, locks
 from bot.core.model import Reply
 from bot.core.ports import EnvBackends, WorkloadRef
-from bot.core.runs.effects import Change
+from bot.core.runs.effects import Change, from_steps, left_changed
 from bot.core.runs.spec import RetryPolicy, StepSpec
-from bot.core.runs.states import Phase, RunState
+from bot.core.runs.states import Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
 from bot.core.runs.workflow import MAIN_RETRY, ROLLBACK_RETRY, Handler
 from bot.core.workflows.deploy import steps as deploy_steps
@@ -48,6 +48,9 @@ class DeployWorkflow:
 
     def compensation(self, run: Run, steps: Sequence[RunStep]) -> list[StepSpec]:
         return deploy_steps.rollback_plan(run, list(steps))
+
+    def undo_refused(self, run: Run, steps: Sequence[RunStep]) -> str | None:
+        return None  # a failed deploy is always rolled back to where it started
 
     def retry_policy(self, run: Run, spec: StepSpec, phase: Phase) -> RetryPolicy:
         return ROLLBACK_RETRY if phase == Phase.rollback else MAIN_RETRY
@@ -142,6 +145,8 @@ class DeployWorkflow:
 
 #: runbook 8.3, posted as a tickable checklist (bot.core.checklists) in the thread of a finished rollback
 POST_ROLLBACK_CHECKLIST = checklists.RUNBOOK_POST_ROLLBACK
+#: effects that mean the application itself moved (a rollback past them is never reversed)
+APPLICATION_KEYS = ("image:", "canary:", "selector:", "replicas:")
 RUNBOOK_ROLLBACK_TARGET_SECONDS = 900.0  # runbook 9.2 / 8.2: a rollback within 15 minutes
 
 
@@ -156,6 +161,22 @@ class RollbackWorkflow(DeployWorkflow):
         from bot.core.workflows.deploy import db_rollback
 
         self.handlers = {**self.handlers, **db_rollback.HANDLERS}  # --with-db (runbook 8.2 step 3)
+
+    def undo_refused(self, run: Run, steps: Sequence[RunStep]) -> str | None:
+        """Once the application (or the database) is on its rollback target, undoing this rollback would
+        redeploy the release it is rolling back from: the run stops where it is, holding the lock, and
+        `/rollback` continues it forward from the failed step. Before that, an abort or a failure undoes
+        what was done (trading, maintenance) as a deploy would."""
+        from bot.core.workflows.deploy import db_rollback
+
+        main = [s for s in steps if s.phase == Phase.main.value]
+        moved = [c for c in left_changed(from_steps([s.data for s in main])) if c.key.startswith(APPLICATION_KEYS)]
+        database = any(s.kind == db_rollback.KIND and s.status != StepStatus.pending.value for s in main)
+        if not moved and not database:
+            return None
+        return ("nothing is undone: the application is already on its rollback target and undoing would redeploy "
+                "the release being rolled back; trading and maintenance stay as they are. `/rollback --env "
+                f"{run.environment}` retries from the failed step")
 
     def title(self, run: Run) -> str:
         return f"Rollback of {run.environment} to {subject_of(run).version}"

@@ -44,6 +44,9 @@ class TradingWorkflow:
     def main_spec(self, run: Run, idx: int) -> StepSpec:
         return StepSpec.from_json(run.plan["steps"][idx])
 
+    def undo_refused(self, run: Run, steps: Sequence[RunStep]) -> str | None:
+        return None
+
     def retry_policy(self, run: Run, spec: StepSpec, phase: Phase) -> RetryPolicy:
         return ROLLBACK_RETRY if phase == Phase.rollback else MAIN_RETRY
 
