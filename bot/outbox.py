@@ -52,6 +52,12 @@ CHANNEL_REF = "ref:"
 def channel_ref(key: str) -> str:
     """The `channel` for rows into the channel created under `key` (see `Outbox.create_channel`)."""
     return CHANNEL_REF + key
+#: Slack accepts a response_url for 30 minutes after the command; a follow-up later than this is ephemeral
+RESPONSE_URL_LIFETIME = timedelta(minutes=29)
+#: the payload key of a post's follow-ups (`Outbox.follow`), never sent to Slack
+THEN = "_then"
+#: the built-in dead-letter hook of a follow-up sent to a response_url: say it ephemerally instead
+REPLY_FALLBACK = "outbox.reply_fallback"
 
 Clock = Callable[[], datetime]
 
@@ -135,10 +141,26 @@ class Outbox:
     def __init__(self, *, default_retry: timedelta = DEFAULT_RETRY, alert_retry: timedelta = ALERT_RETRY,
                  clock: Clock = utcnow) -> None:
         self._wakeups: list[threading.Event] = []
-        self._hooks: dict[str, DeadHook] = {}
+        self._hooks: dict[str, DeadHook] = {REPLY_FALLBACK: self._reply_fallback}
         self.default_retry = default_retry
         self.alert_retry = alert_retry
         self.clock = clock
+        self._direct: OutboxWorker | None = None
+
+    # the started worker of this process delivers the replies jobs send themselves
+    def attach(self, worker: OutboxWorker) -> None:
+        self._direct = worker
+
+    def detach(self, worker: OutboxWorker) -> None:
+        if self._direct is worker:
+            self._direct = None
+
+    def deliver_now(self, row_ids: list[int]) -> None:
+        """Deliver the rows `respond(direct=True)` returned, now, in the caller's thread (after its commit).
+        Without a started worker they are ordinary rows, already queued."""
+        worker = self._direct
+        if worker is not None and row_ids:
+            worker.deliver_now(row_ids)
 
     def subscribe(self, event: threading.Event) -> None:
         self._wakeups.append(event)
@@ -156,12 +178,15 @@ class Outbox:
 
     def _add(self, session: Session, kind: str, channel: str | None, key: str | None,
              payload: dict[str, Any], *, retry_until: datetime | None = None, on_dead: str | None = None,
-             ref: str | None = None) -> None:
+             ref: str | None = None, claimed_by: str | None = None, claim_seconds: float = 0.0) -> OutboxMessage:
         now = self.clock()
-        session.add(OutboxMessage(created_at=now, kind=kind, channel=channel, message_key=key, payload=payload,
-                                  status="pending", attempts=0, not_before=now,
-                                  retry_until=aware(retry_until) or now + self.default_retry,
-                                  on_dead=on_dead, ref=ref))
+        # a pre-claimed row (delivered by the job that wrote it) is the worker's only once its claim lapses
+        until = now + timedelta(seconds=claim_seconds) if claimed_by else None
+        row = OutboxMessage(created_at=now, kind=kind, channel=channel, message_key=key, payload=payload,
+                            status="pending", attempts=0, not_before=until or now,
+                            retry_until=aware(retry_until) or now + self.default_retry,
+                            on_dead=on_dead, ref=ref, claimed_by=claimed_by, claimed_until=until)
+        session.add(row)
         # wake the local worker once the transaction commits (other processes poll)
         from sqlalchemy import event as sa_event
 
@@ -174,6 +199,7 @@ class Outbox:
         if not session.info.get("outbox_hooked"):
             session.info["outbox_hooked"] = True
             sa_event.listen(session, "after_commit", _after_commit, once=True)
+        return row
 
     def post(self, session: Session, channel: str, reply: Reply, *, key: str | None = None,
              thread_key: str | None = None, retry_until: datetime | None = None, on_dead: str | None = None,
@@ -233,11 +259,65 @@ class Outbox:
                   retry_until=self.clock() + self.alert_retry)
 
     def respond(self, session: Session, response_url: str, reply: Reply, *, channel: str | None = None,
-                retry_until: datetime | None = None) -> None:
+                retry_until: datetime | None = None, direct: bool = False, on_dead: str | None = None,
+                ref: str | None = None) -> int | None:
+        """Reply at a response_url. With `direct`, and a started worker in this process, the row is written
+        claimed for that worker's direct deliveries and its id returned: the caller passes it to
+        `deliver_now()` right after its commit (the reply then crosses no lane and no worker pass); the
+        row is the durable fallback if that call fails or the process dies."""
         payload = reply.as_payload()
         payload.update(response_url=response_url, response_type="ephemeral" if reply.ephemeral else "in_channel",
                        replace_original=reply.replace_original)
-        self._add(session, "respond", channel, None, payload, retry_until=retry_until)
+        worker = self._direct if direct else None
+        row = self._add(session, "respond", channel, None, payload, retry_until=retry_until, on_dead=on_dead,
+                        ref=ref, claimed_by=worker.direct_id if worker else None,
+                        claim_seconds=worker.claim_seconds if worker else 0.0)
+        if worker is None:
+            return None
+        session.flush()
+        return row.id
+
+    # follow-ups: what to say once a post is delivered (e.g. "queued" -> "posted")
+    def follow(self, session: Session, post_key: str, reply: Reply, *, response_url: str | None,
+               channel: str | None, user_id: str) -> bool:
+        """Once the pending post named `post_key` (written in this transaction) is delivered, replace the
+        requester's reply with `reply`: at `response_url` (`replace_original`) while Slack still accepts it,
+        else ephemerally in `channel`. False when there is no such pending post."""
+        session.flush()
+        row = session.execute(select(OutboxMessage).where(
+            OutboxMessage.message_key == post_key, OutboxMessage.kind == "post",
+            OutboxMessage.status == "pending").order_by(OutboxMessage.id.desc()).limit(1)).scalar_one_or_none()
+        if row is None:
+            return False
+        spec = {"text": reply.text, "blocks": reply.blocks, "response_url": response_url, "channel": channel,
+                "user": user_id, "until": (self.clock() + RESPONSE_URL_LIFETIME).isoformat()}
+        row.payload = {**row.payload, THEN: [*row.payload.get(THEN, []), spec]}
+        return True
+
+    def enqueue_follow_ups(self, session: Session, follow_ups: list[dict[str, Any]]) -> None:
+        """Called by the worker in the transaction that marks the post delivered."""
+        for spec in follow_ups:
+            reply = Reply(str(spec.get("text") or ""), blocks=spec.get("blocks"), replace_original=True)
+            until = aware(datetime.fromisoformat(str(spec["until"]))) if spec.get("until") else None
+            if spec.get("response_url") and until is not None and self.clock() < until:
+                self.respond(session, str(spec["response_url"]), reply, channel=spec.get("channel"),
+                             retry_until=until, on_dead=REPLY_FALLBACK, ref=str(spec["user"]))
+            elif spec.get("channel"):
+                self.ephemeral(session, str(spec["channel"]), str(spec["user"]), reply)
+
+    def _reply_fallback(self, session: Session, dead: DeadLetter) -> None:
+        """A follow-up Slack no longer takes at its response_url (expired, used up): say it ephemerally."""
+        if dead.channel and dead.ref:
+            self.ephemeral(session, dead.channel, dead.ref, Reply(str(dead.payload.get("text") or ""),
+                                                              blocks=dead.payload.get("blocks")))
+
+
+def _lane(row: OutboxMessage) -> str:
+    """Rows of one lane are sent in order. A reply at a response_url is per request, not rate-limited per
+    channel like chat.postMessage: it waits only for earlier replies at the same URL."""
+    if row.kind == "respond" and row.payload.get("response_url"):
+        return f"respond:{row.payload['response_url']}"
+    return row.channel or f"row:{row.id}"
 
 
 def _channel_of(session: Session, key: str) -> str | None:
@@ -251,37 +331,38 @@ def _channel_of(session: Session, key: str) -> str | None:
 
 # --- the claim heartbeat --------------------------------------------------------------------
 class _Heartbeat:
-    """Renews the claim on the row whose call is in flight, every `every` seconds, from its own thread.
+    """Renews the claims on the rows whose calls are in flight, every `every` seconds, from its own thread.
 
     A quick call (milliseconds) is never renewed; a slow one keeps its claim however long it takes, so
-    no other process sends the same row meanwhile. If this process dies, renewals stop and the claim
-    lapses `claim_seconds` later.
+    no other process sends the same row meanwhile. Several rows can be in flight at once (the worker's
+    one, and the replies jobs deliver themselves), each under its own owner. If this process dies,
+    renewals stop and the claims lapse `claim_seconds` later.
     """
 
-    def __init__(self, renew: Callable[[int], bool], every: float) -> None:
+    def __init__(self, renew: Callable[[int, str], bool], every: float) -> None:
         self._renew = renew
         self.every = every
-        self._row: int | None = None
+        self._rows: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def holding(self, row_id: int) -> Iterator[None]:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="chatops-outbox-heartbeat", daemon=True)
-            self._thread.start()
+    def holding(self, row_id: int, owner: str) -> Iterator[None]:
         with self._lock:
-            self._row = row_id
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="chatops-outbox-heartbeat", daemon=True)
+                self._thread.start()
+            self._rows[row_id] = owner
         try:
             yield
         finally:
             with self._lock:
-                self._row = None
+                self._rows.pop(row_id, None)
 
     def _in_flight(self, row_id: int) -> bool:
         with self._lock:
-            return self._row == row_id
+            return row_id in self._rows
 
     def stop(self) -> None:
         self._stop.set()
@@ -291,15 +372,14 @@ class _Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
             with self._lock:
-                row_id = self._row
-            if row_id is None:
-                continue
-            try:
-                if not self._renew(row_id) and self._in_flight(row_id):  # not just finished meanwhile
-                    log.warning("outbox row %s: lost its claim while the call was in flight (another replica "
-                                "may send it too)", row_id)
-            except Exception as exc:  # database down: the claim may lapse; nothing else to do
-                log.warning("outbox row %s: could not renew its claim: %s", row_id, exc)
+                held = list(self._rows.items())
+            for row_id, owner in held:
+                try:
+                    if not self._renew(row_id, owner) and self._in_flight(row_id):  # not just finished meanwhile
+                        log.warning("outbox row %s: lost its claim while the call was in flight (another replica "
+                                    "may send it too)", row_id)
+                except Exception as exc:  # database down: the claim may lapse; nothing else to do
+                    log.warning("outbox row %s: could not renew its claim: %s", row_id, exc)
 
 
 # --- delivering -----------------------------------------------------------------------------
@@ -328,6 +408,8 @@ class OutboxWorker:
         #: transport, e.g. PagerDuty's, takes those)
         self.kinds = kinds
         self.skip_kinds = skip_kinds
+        #: the owner of the replies the jobs of this process deliver themselves (see `deliver_now`)
+        self.direct_id = f"{self.worker_id}/direct"
         self.wakeup = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -339,12 +421,16 @@ class OutboxWorker:
         self._thread = threading.Thread(target=self._loop, args=(poll_seconds,), name="chatops-outbox",
                                         daemon=True)
         self._thread.start()
+        if self.outbox is not None and self._sends("respond"):
+            self.outbox.attach(self)  # the worker whose transport makes response_url calls
 
     def stop(self, flush_seconds: float = 5.0) -> None:
         deadline = utcnow() + timedelta(seconds=flush_seconds)
         while utcnow() < deadline and self.pending_due() > 0:
             self.wakeup.set()
             self._idle.wait(0.05)
+        if self.outbox is not None:
+            self.outbox.detach(self)
         self._stop.set()
         self.wakeup.set()
         if self._thread:
@@ -418,7 +504,7 @@ class OutboxWorker:
         blocked: set[str] = set()
         attempted = 0
         for row in rows:
-            lane = row.channel or f"row:{row.id}"
+            lane = _lane(row)
             claimed_until = aware(row.claimed_until)
             if lane in blocked:
                 continue
@@ -434,6 +520,9 @@ class OutboxWorker:
                 blocked.add(lane)
         return attempted
 
+    def _sends(self, kind: str) -> bool:
+        return (self.kinds is None or kind in self.kinds) and kind not in (self.skip_kinds or ())
+
     def _mine(self, stmt: _Sel) -> _Sel:
         """`stmt` narrowed to the kinds of rows this worker sends."""
         if self.kinds is not None:
@@ -441,28 +530,49 @@ class OutboxWorker:
         if self.skip_kinds:
             stmt = stmt.where(OutboxMessage.kind.not_in(sorted(self.skip_kinds)))
         return stmt
+    # the replies a job delivers itself, right after its commit
+    def deliver_now(self, row_ids: list[int]) -> None:
+        """Deliver rows enqueued pre-claimed by `Outbox.respond(direct=True)`, from the caller's thread.
+
+        The row was claimed (for `direct_id`) in the transaction that wrote it, so the worker leaves it
+        alone while this call is made; a transient failure hands it back to the worker (its claim is
+        dropped and its retry scheduled), and if this process dies the claim lapses and any replica
+        sends it. A call that starts late (its claim half gone) claims the row again first.
+        """
+        with self.db.read() as session:
+            rows = list(session.execute(
+                select(OutboxMessage).where(OutboxMessage.id.in_(row_ids), OutboxMessage.status == "pending",
+                                            OutboxMessage.claimed_by == self.direct_id)
+                .order_by(OutboxMessage.id)).scalars())
+        for row in rows:
+            left = (aware(row.claimed_until) or self.clock()) - self.clock()
+            if left.total_seconds() < self.claim_seconds / 2 and not self._claim(row.id, self.direct_id):
+                continue  # the worker (or another replica) has it now
+            if not self._deliver(row, owner=self.direct_id):
+                self.wakeup.set()  # handed back to the worker, which retries it
 
     # claims: compare-and-set, renewed by the heartbeat while the call is in flight
-    def _claim(self, row_id: int) -> bool:
+    def _claim(self, row_id: int, owner: str | None = None) -> bool:
         # the time is read here, not at the start of the pass: a pass that spent seconds on a slow call
         # would otherwise hand out claims that are already expired
         now = self.clock()
+        owner = owner or self.worker_id
         with self.db.transaction() as session:
             result = session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row_id, OutboxMessage.status == "pending",
                        or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now,
-                           OutboxMessage.claimed_by == self.worker_id))
-                .values(claimed_by=self.worker_id, claimed_until=now + timedelta(seconds=self.claim_seconds))
+                           OutboxMessage.claimed_by == owner))
+                .values(claimed_by=owner, claimed_until=now + timedelta(seconds=self.claim_seconds))
             )
             return affected(result) == 1
 
-    def _renew(self, row_id: int) -> bool:
+    def _renew(self, row_id: int, owner: str) -> bool:
         with self.db.transaction() as session:
             result = session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row_id, OutboxMessage.status == "pending",
-                       OutboxMessage.claimed_by == self.worker_id)
+                       OutboxMessage.claimed_by == owner)
                 .values(claimed_until=self.clock() + timedelta(seconds=self.claim_seconds))
             )
             return affected(result) == 1
@@ -475,7 +585,7 @@ class OutboxWorker:
         default = self.outbox.default_retry if self.outbox is not None else DEFAULT_RETRY
         return (aware(row.created_at) or self.clock()) + default
 
-    def _deliver(self, row: OutboxMessage) -> bool:
+    def _deliver(self, row: OutboxMessage, owner: str | None = None) -> bool:
         """Make the call; True when the row is finished (sent, superseded or dead)."""
         now = self.clock()
         deadline = self._deadline(row)
@@ -485,13 +595,14 @@ class OutboxWorker:
             self._dead(row, self._deadline_error(row, deadline), reason="deadline")
             return True
         payload = dict(row.payload)
+        then = payload.pop(THEN, None)  # follow-ups, enqueued once this call succeeds
         try:
             if row.kind == "update" and self._superseded(row):
                 self._finish(row.id, "sent", error="superseded by a newer update")
                 return True
             payload = self._resolve_refs(row, payload)
             channel = self._resolve_channel(row)
-            with self._heartbeat.holding(row.id):
+            with self._heartbeat.holding(row.id, owner or self.worker_id):
                 delivered = self.transport.deliver(row.kind, channel, payload)
         except RateLimited as exc:
             self.metrics.outbox_retries.labels("rate_limited").inc()
@@ -518,6 +629,10 @@ class OutboxWorker:
             session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id)
                             .values(status="sent", sent_at=utcnow(), attempts=row.attempts + 1,
                                     claimed_until=None))
+            if then and row.last_error and self.outbox is not None:
+                # delivered after failing (an outage): tell whoever was told it is queued; a post that went
+                # through at once needs no second message
+                self.outbox.enqueue_follow_ups(session, then)
         self.metrics.outbox_sent.labels(row.kind).inc()
         return True
 

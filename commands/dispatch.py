@@ -386,8 +386,9 @@ class Dispatcher:
                 ctx.session = session = work.session
                 reply = run(ctx)
                 work.audit(action, "ok", environment=environment, args=audit_args)
-                self._reply(session, ctx, reply)
+                direct = self._reply(session, ctx, reply, direct=True)
             self.metrics.commands.labels(metric_name, "ok").inc()
+            self._deliver_now(direct)
             return
         except Exception as exc:
             text, outcome = user_message(exc)
@@ -401,7 +402,8 @@ class Dispatcher:
                     return
                 audit_args = {**audit_args, "error": text}
                 _audit(session, ctx, action, outcome, environment, audit_args)
-                self._reply(session, ctx, Reply(text))
+                direct = self._reply(session, ctx, Reply(text), direct=True)
+            self._deliver_now(direct)
         except BackendUnavailable as exc:
             outcome = "backend_unavailable"
             if self.runner is not None:
@@ -419,13 +421,35 @@ class Dispatcher:
                     "could be recorded. Try again in a minute; if it persists, check `/readyz` and the logs."))
         self.metrics.commands.labels(metric_name, outcome).inc()
 
-    def _reply(self, session: Session, ctx: Ctx, reply: Reply) -> None:
+    def _reply(self, session: Session, ctx: Ctx, reply: Reply, *, direct: bool = False) -> int | None:
+        """Enqueue the reply in the caller's transaction. With `direct`, a response_url reply is written
+        claimed for this process and its row id returned: pass it to `_deliver_now` after the commit."""
+        row_id = None
         if ctx.response_url:
-            self.core.outbox.respond(session, ctx.response_url, reply, channel=ctx.channel_id)
+            row_id = self.core.outbox.respond(session, ctx.response_url, reply, channel=ctx.channel_id,
+                                              direct=direct)
         elif ctx.channel_id:
             self.core.outbox.ephemeral(session, ctx.channel_id, ctx.actor.user_id, reply)
         else:
             log.warning("no way to reply to %s (no response_url, no channel)", ctx.actor.user_id)
+            return None
+        if reply.once_posted is not None:
+            # the reply says a post is queued: once the outbox delivers it, the reply says it is posted
+            key, text = reply.once_posted
+            self.core.outbox.follow(session, key, dataclasses.replace(reply, text=text, once_posted=None),
+                                    response_url=ctx.response_url, channel=ctx.channel_id,
+                                    user_id=ctx.actor.user_id)
+        return row_id
+
+    def _deliver_now(self, row_id: int | None) -> None:
+        """The job's own reply, sent right after its commit (the outbox row is the durable fallback:
+        a failure here leaves it to the outbox worker, which retries it)."""
+        if row_id is None:
+            return
+        try:
+            self.core.outbox.deliver_now([row_id])
+        except Exception:
+            log.exception("direct delivery of outbox row %s failed; the outbox worker will send it", row_id)
 
 
 def _pending(inv: Invocation | ActionInvocation, kind: str) -> Pending:

@@ -188,8 +188,9 @@ class Deployer:
         return self.reply(name)
 
     def reply(self, name: str, timeout: float = 10.0) -> str:
+        """The first reply at that response_url (a later one may replace it: "queued" -> "posted")."""
         posts = self.fake.wait_for_response(name, timeout=timeout)
-        return str(posts[-1].body.get("text", ""))
+        return str(posts[0].body.get("text", ""))
 
     def deploy(self, text: str, user: str = ALICE) -> tuple[str, str]:
         """Run /deploy and return (the requester's reply, the new run id)."""

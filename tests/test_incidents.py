@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from bot.core.runs.context import describe_duration
 from bot.persistence.models import AuditRecord
-from tests.test_deploy_support import STAGING_INCIDENT
+from tests.test_deploy_support import STAGING_INCIDENT, wait_until
 from tests.test_incidents_support import (  # noqa: F401  (fixtures)
     ALICE,
     CAROL,
@@ -73,8 +73,9 @@ def test_in_its_channel_status_and_notes_act_on_the_incident(responder: Responde
     assert "Status update posted to INC-" in responder.incident("status rolled back, watching fills", ERIN,
                                                                 channel=channel)
     assert "Note added" in responder.incident("note exchange confirmed an outage", ALICE, channel=channel)
-    texts = [m.get("text", "") for m in responder.fake.messages_in(channel)]
-    assert any("Status update" in t and "rolled back, watching fills" in t for t in texts), texts
+    # the reply comes straight from the job; the post to the channel goes through the outbox's lane
+    wait_until(lambda: any("Status update" in m.get("text", "") and "rolled back, watching fills" in m.get("text", "")
+                           for m in responder.fake.messages_in(channel)), 10, "the status update in the channel")
     assert "Note added" in responder.incident(f"note from elsewhere --id INC-{incident_id}", ALICE)
 
 

@@ -29,6 +29,8 @@ class Reply:
     blocks: list[dict[str, Any]] | None = None
     ephemeral: bool = True
     replace_original: bool = False
+    #: (message key of a post this reply says is queued, the text to replace the reply with once it is delivered)
+    once_posted: tuple[str, str] | None = None
 
     def as_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"text": self.text}

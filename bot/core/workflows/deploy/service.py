@@ -153,14 +153,20 @@ class DeployService:
         if state == RunState.queued:
             self.store.wake_after_commit(session)
         where = "" if channel_id == run.channel else f" in <#{run.channel}>"
+        posted_in = f" in <#{run.channel}>"
         if dry_run:
             return Reply(f"Dry run: the plan for {version} → {env_name} is queued{where} (run `{run_id}`). "
-                         "Nothing will be changed.")
+                         "Nothing will be changed.",
+                         once_posted=(run_key(run_id), f"Dry run: the plan for {version} → {env_name} is now posted"
+                                      f"{posted_in} (run `{run_id}`). Nothing will be changed."))
         what = f"{version} → {env_name}" if kind == KIND else f"the rollback of {env_name} to {version}"
         if state == RunState.pending_approval:
+            until = f"{run.expires_at:%H:%M} UTC" if run.expires_at else "its window ends"
             return Reply(f"Plan for {what} queued{where} (run `{run_id}`); it needs "
                          f"{required} approval(s) from approvers other than you within "
-                         f"{describe_duration(env.approval_ttl_minutes * 60)}.")
+                         f"{describe_duration(env.approval_ttl_minutes * 60)}.",
+                         once_posted=(run_key(run_id), f"Plan for {what} is now posted{posted_in} (run `{run_id}`); it "
+                                      f"needs {required} approval(s) from approvers other than you by {until}."))
         if kind != KIND:
             at_once = f" at once, without approval: {plan['immediate']}" if plan.get("immediate") else ""
             return Reply(f"Rolling {env_name} back to {version}{at_once} (run `{run_id}`); "
