@@ -196,14 +196,25 @@ def main() -> int:
     p.add_argument("--sat-count", type=int, default=600, help="commands per saturation block")
     p.add_argument("--sat-clients", type=int, default=32, help="concurrent senders at saturation")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
+    p.add_argument("--postgres", action="store_true",
+                   help="the bot on a throwaway PostgreSQL (the production database) instead of SQLite")
     args = p.parse_args()
     if args.sink:
         run_sink(args.port)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="chatops-answer-bench-"))
+    pg = None
     try:
+        if args.postgres:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.harness.postgres import PostgresServer
+
+            pg = PostgresServer().start()
+            args.database_url = pg.url
         return run(args, tmp)
     finally:
+        if pg is not None:
+            pg.stop()
         if args.keep:
             print(f"logs and database kept in {tmp}", file=sys.stderr)
         else:
@@ -213,6 +224,8 @@ def main() -> int:
 def run(args: argparse.Namespace, tmp: Path) -> int:
     secret = secrets.token_hex(16)
     env = c.chatops_env(tmp, signing_secret=secret)
+    if getattr(args, "database_url", None):
+        env["CHATOPS_DATABASE_URL"] = args.database_url
     sink_port = c.free_port()
     env["CHATOPS_SLACK_RESPONSE_URL_PREFIXES"] = json.dumps([f"http://{c.HOST}:{sink_port}/response/"])
     procs: list[Popen[bytes]] = []

@@ -14,6 +14,7 @@ Runs and locks come from the database through `read_runs()`, the one function ho
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -166,12 +167,45 @@ def _run_view(run: Run, **extra: Any) -> RunView:
 
 # -- the backends part -------------------------------------------------------------------------------
 
+class _Workers:
+    """A few daemon threads that run the backend calls (starting a thread per call cost more than the call).
+    Daemon, so a call hanging in a backend never holds up the process's exit. Joining calls in flight
+    (`_Flights`) bounds how many can hang at once to one per backend part; past `size` busy workers a call
+    waits its turn, and the caller's deadline still holds."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = 0
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle == 0 and self._started < self.size:
+                self._started += 1
+                threading.Thread(target=self._loop, name=f"status-{self._started}", daemon=True).start()
+            else:
+                self._idle = max(0, self._idle - 1)  # that worker is spoken for
+        self._queue.put(job)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+
 class _Flights:
     """Backend calls in flight, by key: a second look while one is still running joins it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[tuple[Any, ...], Future[Any]] = {}
+        self._workers = _Workers()
 
     def start(self, key: tuple[Any, ...], call: Callable[[], Any]) -> Future[Any]:
         with self._lock:
@@ -180,8 +214,7 @@ class _Flights:
                 return running
             future: Future[Any] = Future()
             self._running[key] = future
-        threading.Thread(target=self._run, args=(key, future, call), name=f"status-{key[1]}-{key[2]}",
-                         daemon=True).start()
+        self._workers.submit(lambda: self._run(key, future, call))
         return future
 
     def _run(self, key: tuple[Any, ...], future: Future[Any], call: Callable[[], Any]) -> None:
