@@ -8,7 +8,7 @@ from typing import Any
 
 from bot.blocks import user_text
 from bot.config import Config, Role
-from bot.core.model import Reply
+from bot.core.model import Reply, person
 from bot.core.workflows.deploy.service import DeployService
 from bot.errors import UnknownEnvironment
 from bot.ids import ActionId
@@ -175,7 +175,7 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
         raise Conflict(f"{holder.describe()}; it is released when the run ends",
                        hint=f"Abort the run from its message, or (admins) `/unlock {cmd.env} --force`.")
     if holder.kind == "freeze" and holder.held_by != ctx.actor.user_id and not (cmd.force and is_admin):
-        who = user_text(holder.held_by_name) if holder.held_by_name else "its holder"
+        who = person(holder.held_by, user_text(holder.held_by_name) if holder.held_by_name else "its holder")
         raise PermissionDenied(f"{holder.describe()}; only {who} or an admin with `/unlock {cmd.env} --force` "
                                "may lift it", role="admin", environment=cmd.env)
     run = _svc(ctx).load(ctx.session, holder.run_id) if holder.kind == "run" and holder.run_id else None
@@ -185,7 +185,7 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
             _svc(ctx).abort(ctx.session, actor=ctx.actor, run_id=run.id, env_name=run.environment)
         ctx.audit("lock.break_glass", "abort_requested", environment=cmd.env, broke=holder.describe(markup=False))
         ctx.core.outbox.post(ctx.session, channel, Reply(
-            f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} forced run `{run.id}` on `{cmd.env}` to stop: it "
+            f":rotating_light: *BREAK-GLASS*: {ctx.actor.mention} forced run `{run.id}` on `{cmd.env}` to stop: it "
             "rolls back now and the lock is released when that ends.", ephemeral=False))
         return Reply(f"Run `{run.id}` is rolling back; `{cmd.env}` unlocks when it ends.")
     if run is not None and run.state in ("queued", "pending_approval"):
@@ -195,10 +195,10 @@ def _run_unlock(cmd: Unlock, ctx: Ctx) -> Reply:
     if cmd.force:
         ctx.audit("lock.break_glass", "forced", environment=cmd.env, broke=holder.describe(markup=False))
         ctx.core.outbox.post(ctx.session, channel, Reply(
-            f":rotating_light: *BREAK-GLASS*: {ctx.actor.label} force-released the lock on `{cmd.env}` "
+            f":rotating_light: *BREAK-GLASS*: {ctx.actor.mention} force-released the lock on `{cmd.env}` "
             f"({holder.describe()}).", ephemeral=False))
     else:
-        ctx.core.outbox.post(ctx.session, channel, Reply(f":unlock: {ctx.actor.label} lifted the freeze on "
+        ctx.core.outbox.post(ctx.session, channel, Reply(f":unlock: {ctx.actor.mention} lifted the freeze on "
                                                          f"`{cmd.env}`.", ephemeral=False))
     return Reply(f"Unlocked `{cmd.env}`.")
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from bot import blocks
 from bot.config import Role
-from bot.core.model import Reply
+from bot.core.model import Reply, person
 from bot.core.ports import HealthReport, TradingStatus, WorkloadStatus
 from bot.core.status import EnvStatus, KpiValue, LockView, RunsView, RunView, Unavailable, environment_statuses
 from bot.errors import PermissionDenied
@@ -198,7 +198,7 @@ def kpi_line(kpis: list[KpiValue | Unavailable]) -> str:
 
 
 def lock_text(env: str, lock: LockView) -> str:
-    who = lock.held_by_name or f"<@{lock.held_by}>"
+    who = person(lock.held_by, lock.held_by_name)
     what = f"run `{lock.run_id}`" if lock.kind == "run" else "a freeze"
     text = (f"`{env}` is locked by {who} for {what} since {lock.acquired_at:%Y-%m-%d %H:%M} UTC "
             f"(until {lock.expires_at:%Y-%m-%d %H:%M} UTC)")

@@ -106,8 +106,8 @@ def test_a_later_alert_names_the_suspect_deploy(alerted: tuple[Deployer, str, li
         late = suspect_deploy(session, config, "production", finished + timedelta(minutes=31))
         before = suspect_deploy(session, config, "production", started - timedelta(minutes=1))
         elsewhere = suspect_deploy(session, config, "staging", finished)
-    assert text == "started 4 min after deploy v2.3 by alice, approved by bob, carol"
-    assert during is not None and during.startswith("started during deploy v2.3 by alice")
+    assert text == "started 4 min after deploy v2.3 by <@U0ALICE01>, approved by <@U0BOB0002>, <@U0CAROL03>"
+    assert during is not None and during.startswith("started during deploy v2.3 by <@U0ALICE01>")
     assert late is None and before is None and elsewhere is None
 
 

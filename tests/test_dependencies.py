@@ -25,7 +25,7 @@ INDIRECT: dict[str, str] = {
     # SQLAlchemy loads the driver from the URL's dialect
     "psycopg": "postgresql+psycopg",
 }
-TOOLS = {"ruff"}  # run as commands, never imported
+TOOLS = {"ruff", "mypy", "types-pyyaml"}  # run as commands (mypy with its stubs), never imported
 #: on the project's fixed design card, not imported yet: the next capabilities (OpenBao secrets, schedules)
 DESIGN_CARD = {"hvac", "apscheduler"}
 

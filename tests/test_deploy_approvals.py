@@ -57,7 +57,7 @@ def test_double_click_counts_once(deployer: Deployer) -> None:
     second = deployer.click(run_id, "Approve", BOB)
     assert "1 more approval(s) needed" in first and "already approved" in second
     assert [a.user_id for a in deployer.approvals(run_id)] == [BOB]
-    assert "1/2: bob" in deployer.message_text(run_id)
+    assert "1/2: <@U0BOB0002>" in deployer.message_text(run_id)
     assert deployer.run(run_id).state == "pending_approval"
 
 

@@ -28,7 +28,7 @@ def holder(d: Deployer, env: str = "production") -> locks.LockInfo | None:
 def test_lock_freezes_the_environment_and_announces_it(deployer: Deployer) -> None:
     """/lock ENV --reason records a freeze by its holder and announces it in the deploy channel."""
     reply = deployer.command("/lock", "production --reason 'quarter-end close'")
-    assert "`production` is locked by alice for a freeze" in reply and "quarter-end close" in reply
+    assert "`production` is locked by <@U0ALICE01> for a freeze" in reply and "quarter-end close" in reply
     info = holder(deployer)
     assert info is not None and info.kind == "freeze" and info.held_by == ALICE
     texts = deployer.channel_texts(PROD_DEPLOY)
@@ -52,7 +52,7 @@ def test_deploy_during_a_freeze_is_refused_naming_the_freeze(deployer: Deployer)
     """/deploy while frozen says who froze it and why, and plans nothing."""
     deployer.command("/lock", "production --reason 'quarter-end close'", ROOT)
     reply = deployer.command("/deploy", "v2.3 --env production --canary")
-    assert "locked by root for a freeze" in reply and "quarter-end close" in reply
+    assert "locked by <@U0ROOT006> for a freeze" in reply and "quarter-end close" in reply
     assert deployer.audit("deploy.plan") == []
 
 
@@ -91,7 +91,7 @@ def test_holder_can_lift_their_freeze(deployer: Deployer) -> None:
     deployer.command("/lock", "production --reason 'quarter-end close'")
     assert "Unlocked `production`" in deployer.command("/unlock", "production")
     assert holder(deployer) is None
-    assert any("alice lifted the freeze" in t for t in deployer.channel_texts(PROD_DEPLOY))
+    assert any("<@U0ALICE01> lifted the freeze" in t for t in deployer.channel_texts(PROD_DEPLOY))
 
 
 def test_someone_elses_freeze_needs_admin_force(deployer: Deployer) -> None:
@@ -106,7 +106,7 @@ def test_admin_force_unlock_breaks_a_freeze_loudly(deployer: Deployer) -> None:
     deployer.command("/lock", "production --reason 'quarter-end close'")
     assert "Unlocked" in deployer.command("/unlock", "production --force", ROOT)
     assert holder(deployer) is None
-    assert any("BREAK-GLASS" in t and "root force-released" in t for t in deployer.channel_texts(PROD_DEPLOY))
+    assert any("BREAK-GLASS" in t and "<@U0ROOT006> force-released" in t for t in deployer.channel_texts(PROD_DEPLOY))
     assert [r["actor_id"] for r in deployer.audit("lock.break_glass")] == [ROOT]
 
 
@@ -151,8 +151,8 @@ def test_status_shows_the_lock_and_the_active_run(deployer: Deployer) -> None:
     """/status names the lock holder and each active run with its state and requester."""
     _, run_id = deployer.deploy("v2.3 --env production --canary")
     text = deployer.command("/swarm-status", "--env production", BOB)
-    assert f"`production` is locked by alice for run `{run_id}`" in text
-    assert f"Run `{run_id}`: v2.3 (canary) — ⏳ Waiting for approval, requested by alice" in text
+    assert f"`production` is locked by <@U0ALICE01> for run `{run_id}`" in text
+    assert f"Run `{run_id}`: v2.3 (canary) — ⏳ Waiting for approval, requested by <@U0ALICE01>" in text
 
 
 def test_status_shows_free_after_the_run_ends(deployer: Deployer) -> None:
@@ -162,7 +162,7 @@ def test_status_shows_free_after_the_run_ends(deployer: Deployer) -> None:
     deployer.click(run_id, "Abort", ALICE)
     text = deployer.command("/swarm-status", "--env production", BOB)
     assert "Lock: free" in text and f"Run `{run_id}`" not in text and "Active run: none" in text
-    assert f"• `{run_id}` deploy v2.3 (canary) by alice" in text and "🛑 Aborted" in text
+    assert f"• `{run_id}` deploy v2.3 (canary) by <@U0ALICE01>" in text and "🛑 Aborted" in text
 
 
 def test_force_unlock_of_a_running_run_rolls_it_back(deployer: Deployer) -> None:
@@ -233,7 +233,7 @@ def test_lock_on_someone_elses_freeze_names_who_to_ask(deployer: Deployer) -> No
     """Locking another person's freeze names that person and the admin's exact command."""
     deployer.command("/lock", "production --reason 'quarter-end close'", ROOT)
     reply = deployer.command("/lock", "production --reason other")
-    assert "Ask root, who froze it, to `/unlock production`" in reply
+    assert "Ask <@U0ROOT006>, who froze it, to `/unlock production`" in reply
     assert "`/unlock production --force`" in reply
 
 

@@ -42,16 +42,18 @@ def test_invalid_transition_is_a_conflict_for_users() -> None:
 
 def test_finished_runs_cannot_move() -> None:
     """Succeeded, rolled back, aborted, expired and dry runs are final and not active; a failed run can
-    only go back to rolling back (a person continues its rollback with /rollback)."""
+    only go back to rolling back or running (a person continues it with /rollback: its rollback, or — for a
+    rollback run past its image change, which is never reversed — its own steps)."""
     assert TERMINAL == {RunState.succeeded, RunState.rolled_back, RunState.aborted, RunState.expired,
                         RunState.dry_run}
-    assert TRANSITIONS[RunState.failed] == {RunState.rolling_back}
+    assert TRANSITIONS[RunState.failed] == {RunState.rolling_back, RunState.running}
     assert not TERMINAL & ACTIVE and RunState.failed not in ACTIVE
 
 
 def test_nothing_runs_without_passing_through_approval_or_the_queue() -> None:
-    """Only a queued run can start running, and only a pending or queued one can be aborted outright."""
-    assert [s for s, n in TRANSITIONS.items() if RunState.running in n] == [RunState.queued]
+    """Only a queued run can start running (or a failed one, approved before, that a person continues), and
+    only a pending or queued one can be aborted outright."""
+    assert [s for s, n in TRANSITIONS.items() if RunState.running in n] == [RunState.queued, RunState.failed]
     assert {s for s, n in TRANSITIONS.items() if RunState.aborted in n} == {RunState.pending_approval,
                                                                             RunState.queued}
 

@@ -180,7 +180,7 @@ def test_all_up_shows_the_tag_a_deploy_put_there(make_bot: Any, kube: FakeKubern
     assert_trading_ok(text)
     assert_kpis_ok(text)
     assert "Lock: free" in text and "Active run: none" in text
-    assert "deploy v2.3 (rolling) by alice" in text and "✅ Succeeded" in text
+    assert "deploy v2.3 (rolling) by <@U0ALICE01>" in text and "✅ Succeeded" in text
 
 
 def _run_done(bot: RunningBot) -> bool:
@@ -316,8 +316,8 @@ def test_status_shows_lock_and_active_run_with_its_step(make_bot: Any, kube: Fak
             break
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
-    assert "`production` is locked by alice for run `r-" in text
-    assert "v2.4 (rolling) — 🔄 Running, requested by alice — step 1/1: Roll out" in text
+    assert "`production` is locked by <@U0ALICE01> for run `r-" in text
+    assert "v2.4 (rolling) — 🔄 Running, requested by <@U0ALICE01> — step 1/1: Roll out" in text
     assert "`v2.4`" in line(text, "Running")
 
 

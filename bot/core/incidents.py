@@ -24,7 +24,7 @@ from bot import blocks
 from bot.blocks import user_text
 from bot.config import Config, Role
 from bot.core import checklists
-from bot.core.model import Actor, Reply
+from bot.core.model import Actor, Reply, person
 from bot.core.rbac import Authorizer
 from bot.core.runs.context import describe_duration
 from bot.errors import CommandError, Conflict, NotFound
@@ -143,7 +143,7 @@ class IncidentService:
 
     def _describe_run(self, session: Session, run: Run, at: datetime) -> str:
         version = user_text(str((run.subject or {}).get("version", "?")))
-        who = user_text(run.requested_name or run.requested_by)
+        who = person(run.requested_by, user_text(run.requested_name) if run.requested_name else None)
         approvers = [user_text(a.user_name or a.user_id) for a in session.execute(
             select(Approval).where(Approval.run_id == run.id).order_by(Approval.created_at)).scalars()]
         started = aware(run.started_at)
@@ -204,9 +204,9 @@ class IncidentService:
     def render(self, incident: Incident, suspect: str | None = None) -> Reply:
         """The incident's message in its channel (updated when it resolves)."""
         state = "open 🔥" if incident.status == "open" else f"resolved ✅ {_hhmm(aware(incident.resolved_at))}"
+        declarer = person(incident.declared_by, user_text(incident.declared_by_name or incident.declared_by))
         pairs = [("Severity", f"SEV{incident.severity}"), ("Environment", incident.environment),
-                 ("Status", state), ("Declared", f"{_hhmm(aware(incident.declared_at))} by "
-                                                f"{user_text(incident.declared_by_name or incident.declared_by)}")]
+                 ("Status", state), ("Declared", f"{_hhmm(aware(incident.declared_at))} by {declarer}")]
         if suspect or incident.suspect_run_id:
             pairs.append(("Suspect deploy", suspect or f"run `{incident.suspect_run_id}`"))
         if incident.alert_group_id or incident.alert_link:
@@ -257,10 +257,10 @@ class IncidentService:
                                  author_name=actor.name, created_at=utcnow()))
         where = channel_ref(channel_key(incident.id))
         if kind == "status":
-            self.outbox.post(session, where, Reply(f"📣 *Status update* ({label(incident)}) from {actor.label}: "
+            self.outbox.post(session, where, Reply(f"📣 *Status update* ({label(incident)}) from {actor.mention}: "
                                                    f"{user_text(text)}", ephemeral=False))
         else:
-            self.outbox.post(session, where, Reply(f"📝 Note from {actor.label}: {user_text(text)}", ephemeral=False))
+            self.outbox.post(session, where, Reply(f"📝 Note from {actor.mention}: {user_text(text)}", ephemeral=False))
         self._audit(session, incident, actor, f"incident.{kind}", correlation_id, text=text)
         return Reply(f"{'Status update posted' if kind == 'status' else 'Note added'} to {label(incident)}.")
 
@@ -274,7 +274,7 @@ class IncidentService:
         incident.resolution = (resolution or "").strip() or None
         ttr = time_to_recover(incident) or 0.0
         took = describe_duration(ttr)
-        text = (f"✅ {label(incident)} resolved by {actor.label}; time to recover {took}"
+        text = (f"✅ {label(incident)} resolved by {actor.mention}; time to recover {took}"
                 + (f". Resolution: {user_text(incident.resolution)}" if incident.resolution else "."))
         self.outbox.post(session, channel_ref(channel_key(incident.id)), Reply(text, ephemeral=False))
         self.outbox.update(session, message_key(incident.id), self.render(incident))

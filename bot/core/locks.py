@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.blocks import user_text
+from bot.core.model import person
 from bot.errors import Conflict
 from bot.persistence.models import EnvLock
 from bot.timeutil import aware, utcnow
@@ -31,7 +32,7 @@ class LockInfo:
         """One line for people. `markup`: for a Slack message (the holder's name and the reason, which
         people typed, escaped and redacted); without it, plain text for an audit record."""
         shown: Callable[[str], str] = user_text if markup else (lambda s: s)
-        who = shown(self.held_by_name) if self.held_by_name else f"<@{self.held_by}>"
+        who = person(self.held_by, shown(self.held_by_name) if self.held_by_name else None, markup=markup)
         since = self.acquired_at.strftime("%Y-%m-%d %H:%M UTC")
         until = self.expires_at.strftime("%H:%M UTC")
         what = f"run `{self.run_id}`" if self.kind == "run" else "a freeze"
@@ -50,7 +51,7 @@ class LockInfo:
         if self.held_by == user_id:
             return (f"You froze `{env}` yourself: `/unlock {env}` lifts the freeze (then `/lock {env}` again "
                     "to change its reason or length).")
-        who = user_text(self.held_by_name) if self.held_by_name else f"<@{self.held_by}>"
+        who = person(self.held_by, user_text(self.held_by_name) if self.held_by_name else None)
         return (f"Ask {who}, who froze it, to `/unlock {env}`; an admin can lift it with "
                 f"`/unlock {env} --force`, or deploy through it with `/deploy … --force`.")
 

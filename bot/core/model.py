@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,18 @@ from typing import Any
 
 def new_correlation_id() -> str:
     return secrets.token_hex(8)
+
+
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+
+
+def person(user_id: str | None, name: str | None = None, *, markup: bool = True) -> str:
+    """How a person appears in what the bot says (the one rule): in a Slack message a mention, which Slack
+    renders as their current name and links to them; in plain text (audit records, logs), or for someone
+    without a Slack id (a system actor, a console user), their name. Callers escape a name they show."""
+    if markup and user_id and _SLACK_USER_ID.fullmatch(user_id):
+        return f"<@{user_id}>"
+    return name or user_id or "?"
 
 
 @dataclass(frozen=True)
@@ -19,6 +32,12 @@ class Actor:
     @property
     def label(self) -> str:
         return self.name or self.user_id
+
+    @property
+    def mention(self) -> str:
+        """How a person appears in a message others read: a Slack mention (Slack shows their current
+        name, and it links to them); a system actor or a console user without a Slack id by name."""
+        return person(self.user_id, self.name)
 
 
 @dataclass(frozen=True)

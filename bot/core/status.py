@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from bot.config import Environment, KpiSettings
 from bot.core.analysis import render
+from bot.core.model import person
 from bot.core.ports import HealthReport, TradingStatus, WorkloadRef, WorkloadStatus
 from bot.errors import ChatOpsError, new_error_id
 from bot.persistence.models import EnvLock, Run, RunStep
@@ -101,7 +102,7 @@ class RunView:
 
     @property
     def who(self) -> str:
-        return self.requested_name or f"<@{self.requested_by}>"
+        return person(self.requested_by, self.requested_name)
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ class Executor:
                      timedelta(minutes=self.store.env(run.environment).lock_ttl_minutes))
         workflow = self.store.workflow(run)
         self.store.audit(session, run, actor, f"{workflow.audit_prefix}.rollback.continue", "rolling_back")
-        self.store.thread(session, run, f":repeat: {actor.label} continues the rollback.")
+        self.store.thread(session, run, f":repeat: {actor.mention} continues the rollback.")
         self.store.refresh_message(session, run)
         self.store.wake_after_commit(session)
 
@@ -206,7 +206,7 @@ class Executor:
                      timedelta(minutes=self.store.env(run.environment).lock_ttl_minutes))
         workflow = self.store.workflow(run)
         self.store.audit(session, run, actor, f"{workflow.audit_prefix}.continue", "running")
-        self.store.thread(session, run, f":repeat: {actor.label} continues the run from its failed step.")
+        self.store.thread(session, run, f":repeat: {actor.mention} continues the run from its failed step.")
         self.store.refresh_message(session, run)
         self.store.wake_after_commit(session)
 

@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bot.config import Config
+from bot.core.model import person
 from bot.core.runs.context import StepContext, StepFailed
 from bot.core.runs.states import Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore
@@ -151,9 +152,9 @@ def _minutes(delta: timedelta) -> str:
 
 
 def _who(session: Session, run: Run) -> str:
-    approvers = [a.user_name or f"<@{a.user_id}>" for a in session.execute(
+    approvers = [person(a.user_id, a.user_name) for a in session.execute(
         select(Approval).where(Approval.run_id == run.id).order_by(Approval.created_at)).scalars()]
-    by = run.requested_name or f"<@{run.requested_by}>"
+    by = person(run.requested_by, run.requested_name)
     return f" by {by}" + (f", approved by {', '.join(approvers)}" if approvers else "")
 
 

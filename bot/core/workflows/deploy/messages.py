@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from bot import blocks
-from bot.core.model import Reply
+from bot.core.model import Reply, person
 from bot.core.runs.states import Phase, RunState
 from bot.core.workflows.deploy.plan import describe_duration, subject_of
 from bot.ids import ActionId, encode_value
@@ -51,7 +51,7 @@ def step_line(step: RunStep) -> str:
 
 
 def _who(user_id: str | None, name: str | None) -> str:
-    return name or (f"<@{user_id}>" if user_id else "?")
+    return person(user_id, name)
 
 
 def render_run(run: Run, steps: list[RunStep], approvals: list[Approval], *, title: str | None = None,

@@ -249,7 +249,7 @@ class StopTradingService:
         running = self.active(session, env_name)
         if running is not None:
             self.store.audit(session, running, actor, "trading.stop.joined", "joined")
-            self.store.thread(session, running, f"{actor.label} asked to stop trading too; joined this run.")
+            self.store.thread(session, running, f"{actor.mention} asked to stop trading too; joined this run.")
             return Reply(f"A stop of trading in {env_name} is already running (run `{running.id}`); you joined it. "
                          f"Follow it in <#{running.channel}>.")
         mode = "emergency" if emergency else "graceful"
