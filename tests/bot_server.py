@@ -76,15 +76,16 @@ class RunningBot:
 
 
 def start_bot(fake: FakeSlack, database_url: str, *, prepare: Callable[[Container], Container] | None = None,
-              **extra: Any) -> RunningBot:
-    """`prepare` may adjust the container (e.g. faster simulated rollouts) before anything starts."""
+              port: int | None = None, **extra: Any) -> RunningBot:
+    """`prepare` may adjust the container (e.g. faster simulated rollouts) before anything starts; `port`
+    (default: a free one) lets a server started before the bot (an Alertmanager) be told where it is."""
     settings = bot_settings(fake, database_url, **extra)
     container = build(settings)
     if prepare is not None:
         container = prepare(container)
     container.db.upgrade()
     app = create_app(container)
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

@@ -194,7 +194,7 @@ def test_roll_back_is_offered_after_a_deploy_and_goes_through_rollback(bot: Runn
     wait_until(lambda: _latest(bot, "deploy") == "succeeded", 40, "the staging deploy to finish")
     message = fire(bot, "HighErrorRate", env="staging", severity="high")
     assert "Roll back" in buttons(message)
-    assert "after deploy v2.3 by alice" in str(message["blocks"])
+    assert "after deploy v2.3 by <@U0ALICE01>" in str(message["blocks"])
     click(bot, message, "Roll back", ALICE, env="staging")
     with bot.container.db.read() as session:
         run = session.execute(select(Run).where(Run.kind == "rollback")).scalar_one()
@@ -225,4 +225,4 @@ def test_an_alert_through_the_webhook_fails_a_running_canary_at_once(bot: Runnin
     with bot.container.db.read() as session:
         run = session.execute(select(Run).where(Run.kind == "deploy")).scalar_one()
     assert "alert HighErrorRate (high) fired in staging during the canary analysis" in (run.rollback_reason or "")
-    assert "started during deploy v2.4 by alice" in str(message["blocks"])
+    assert "started during deploy v2.4 by <@U0ALICE01>" in str(message["blocks"])

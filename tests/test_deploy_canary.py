@@ -75,7 +75,7 @@ def test_final_message_summarises_who_how_long_and_outcome(succeeded: tuple[Depl
     d, run_id = succeeded
     text = d.message_text(run_id)
     assert "Succeeded" in text
-    assert "Summary: requested by alice, approved by bob, carol, took" in text and "outcome: deployed" in text
+    assert "Summary: requested by <@U0ALICE01>, approved by <@U0BOB0002>, <@U0CAROL03>, took" in text and "outcome: deployed" in text
     assert d.buttons(run_id) == []
 
 

@@ -81,9 +81,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(targets: list[str], scrape_interval: str) -> str:
+def _config(targets: list[str], scrape_interval: str, *, rules: bool = False,
+            alertmanagers: list[str] | None = None) -> str:
     listed = ", ".join(f'"{t}"' for t in targets)
-    return (
+    text = (
         "global:\n"
         f"  scrape_interval: {scrape_interval}\n"
         f"  scrape_timeout: {scrape_interval}\n"
@@ -94,16 +95,27 @@ def _config(targets: list[str], scrape_interval: str) -> str:
         "    static_configs:\n"
         f"      - targets: [{listed}]\n"
     )
+    if rules:
+        text += "rule_files: [rules.yml]\n"
+    if alertmanagers:
+        text += ("alerting:\n  alertmanagers:\n    - static_configs:\n"
+                 f"        - targets: [{', '.join(repr(a) for a in alertmanagers)}]\n")
+    return text
 
 
 class PrometheusServer:
     """A real Prometheus on 127.0.0.1 scraping `targets` ("host:port") every `scrape_interval`."""
 
     def __init__(self, targets: list[str], *, scrape_interval: str = "1s", binary: str | None = None,
-                 startup_timeout: float = 30.0, scrape_timeout: float = 15.0) -> None:
-        for target in targets:
+                 startup_timeout: float = 30.0, scrape_timeout: float = 15.0, rules: str | None = None,
+                 alertmanagers: list[str] | None = None) -> None:
+        """`rules`: the text of an alerting rule file it evaluates; `alertmanagers`: "host:port" of the
+        Alertmanagers its firing alerts go to (loopback only, like the targets)."""
+        for target in [*targets, *(alertmanagers or [])]:
             if not target.startswith(("127.0.0.1:", "localhost:", "[::1]:")):
-                raise ValueError(f"test Prometheus may only scrape loopback targets, not {target!r}")
+                raise ValueError(f"test Prometheus may only talk to loopback, not {target!r}")
+        self.rules = rules
+        self.alertmanagers = list(alertmanagers or [])
         self.targets = list(targets)
         self.scrape_interval = scrape_interval
         self.binary = binary or find_prometheus()
@@ -135,7 +147,10 @@ class PrometheusServer:
         if self.binary is None:
             raise PrometheusUnavailable(prometheus_or_skip_reason()[1])
         self.dir = Path(tempfile.mkdtemp(prefix="chatops-prom-"))
-        (self.dir / "prometheus.yml").write_text(_config(self.targets, self.scrape_interval))
+        (self.dir / "prometheus.yml").write_text(_config(self.targets, self.scrape_interval, rules=bool(self.rules),
+                                                         alertmanagers=self.alertmanagers))
+        if self.rules:
+            (self.dir / "rules.yml").write_text(self.rules)
         try:
             for attempt in range(3):  # the free port can be taken between probe and bind
                 try:
