@@ -157,6 +157,15 @@ class AlertmanagerClient:
         return self.create_silence(matchers_from_labels(labels), created_by=created_by, comment=comment,
                                    starts_at=now, ends_at=now + duration)
 
+    def find_silence(self, labels: dict[str, str], marker: str) -> tuple[str, datetime] | None:
+        """A silence not yet expired on these labels' matchers whose comment carries `marker` (how a click
+        finds the silence it created before its process died), as (id, endsAt); None when there is none."""
+        wanted = set(matchers_from_labels(labels))
+        for silence in self.list_silences(matchers=sorted(wanted, key=lambda m: m.name)):
+            if silence.state != "expired" and set(silence.matchers) == wanted and marker in silence.comment:
+                return silence.id, silence.ends_at
+        return None
+
     def get_silence(self, silence_id: str) -> Silence:
         """One silence; `NotFound` when Alertmanager does not know the id."""
         return _silence(self._json(self._call("GET", f"/api/v2/silence/{_safe_id(silence_id)}", None,

@@ -4,7 +4,9 @@ Fixtures (import them into a test module, or use the helpers directly):
 
 * `alert_bot` — the real bot (uvicorn, SQLite) with `CHATOPS_ALERTMANAGER_TOKEN` = `TOKEN`;
 * `alertmanager` — a factory: `alertmanager(bot_url)` starts a real Alertmanager whose webhook
-  receiver posts to that bot with the bearer token (skips without the binary, fails under CI).
+  receiver posts to that bot with the bearer token (skips without the binary, fails under CI);
+* `alertmanager_api` — one real Alertmanager per test module that delivers nowhere, for its API
+  (silences) alone.
 """
 
 from __future__ import annotations
@@ -122,6 +124,13 @@ def alert_bot(slack: FakeSlack, tmp_path: Path) -> Iterator[RunningBot]:
     running = start_alert_bot(slack, tmp_path)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def alertmanager_api() -> Iterator[AlertmanagerServer]:
+    """A real Alertmanager whose receiver delivers nowhere: where the Silence buttons' silences go."""
+    with AlertmanagerServer(binary=require_alertmanager()) as server:
+        yield server
 
 
 @pytest.fixture
