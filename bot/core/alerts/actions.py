@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, object_session
 from bot import blocks as bk
 from bot.blocks import user_text
 from bot.config import Config
+from bot.core.alerts.auto_incident import AutoIncidents
 from bot.core.alerts.followup import Clicker, FollowUp, after_commit
 from bot.core.alerts.hooks import AlertEvent
 from bot.core.alerts.intake import AlertIntake, group
@@ -72,7 +73,7 @@ def _page_event(grp: AlertGroup, action: str) -> dict[str, Any]:
 
 class AlertActions:
     def __init__(self, config: Config, intake: AlertIntake, store: RunStore, silences: dict[str, SilenceApi],
-                 *, clock: Callable[[], datetime] = utcnow) -> None:
+                 *, incidents: Any = None, clock: Callable[[], datetime] = utcnow) -> None:
         self.config = config
         self.intake = intake
         self.store = store
@@ -80,6 +81,8 @@ class AlertActions:
         self.silences = silences
         self.clock = clock
         self.notes: list[NoteProvider] = []
+        #: incidents declared when a group opens, where the environment's `alerts.auto_incident` says so
+        self.auto_incidents = AutoIncidents(config, intake, incidents) if incidents is not None else None
 
     def install(self) -> AlertActions:
         self.intake.actions = self.root_blocks
@@ -87,6 +90,9 @@ class AlertActions:
         self.intake.hooks.on("reopened", self._on_opened)
         self.intake.hooks.on("resolved", self._on_resolved)
         self.intake.hooks.on("firing", self._on_firing)
+        if self.auto_incidents is not None:
+            self.intake.hooks.on("opened", self.auto_incidents.on_opened)
+            self.notes.append(self.auto_incidents.note)
         return self
 
     # --- hooks (inside the intake's transaction) --------------------------------------------------------
