@@ -22,9 +22,8 @@ from bot.core.alerts.actions import AlertActions
 from bot.core.alerts.followup import Clicker, FollowUp, after_commit
 from bot.core.alerts.silences import minutes_of
 from bot.core.model import Reply
-from bot.errors import CommandError, user_message
+from bot.errors import CommandError
 from bot.ids import ActionId
-from bot.persistence.audit import AuditEntry, append
 from commands.dispatch import ActionEntry, Ctx
 
 
@@ -107,14 +106,8 @@ def _rollback(value: dict[str, Any], ctx: Ctx) -> Reply:
                                                     correlation_id=who.correlation_id, env_name=env, to=None,
                                                     reason=reason, current_image=current, executor=executor))
 
-    def failed(session: Any, exc: Exception) -> None:
-        text, outcome = user_message(exc)
-        append(session, AuditEntry(actor_id=who.actor.user_id, actor_name=who.actor.name, channel=who.channel_id,
-                                   environment=env, action="alert.rollback", outcome=outcome,
-                                   correlation_id=who.correlation_id, args={"group_id": group_id, "error": text}))
-        who.answer(outbox, session, Reply(text))
-
-    after_commit(ctx.session, ctx.core.db, FollowUp("rollback", call, record, failed))
+    after_commit(ctx.session, ctx.core.db, FollowUp("rollback", call, record,
+                                                     who.failed(outbox, "alert.rollback", env, group_id=group_id)))
     return Reply(f":hourglass: Reading what {env} runs now, then starting /rollback…")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from bot.errors import BackendUnavailable, IntegrationError, NotFound
+from integrations.http_base import HttpApi
 
 SYSTEM = "alertmanager"
 MAX_MESSAGE = 200
@@ -113,20 +114,15 @@ def _silence(data: Any) -> Silence:
                    state=str(status.get("state", "")) if isinstance(status, dict) else "")
 
 
-class AlertmanagerClient:
+class AlertmanagerClient(HttpApi):
     """Silences through Alertmanager's API v2 at `base_url` (e.g. `http://alertmanager:9093`)."""
+
+    system = SYSTEM
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 5.0,
                  client: httpx.Client | None = None) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"alertmanager url must start with http:// or https://, got {base_url!r}")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
+        super().__init__(base_url, timeout=timeout, client=client)
         self._token = token or None
-        self._client = client if client is not None else httpx.Client(timeout=timeout, follow_redirects=False)
-        self._owns_client = client is None
 
     def __repr__(self) -> str:
         return f"AlertmanagerClient({self.base_url!r}, token={'***' if self._token else None})"
@@ -190,16 +186,6 @@ class AlertmanagerClient:
             return False
 
     # -- plumbing -------------------------------------------------------------------------------------
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> AlertmanagerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
 

@@ -25,6 +25,7 @@ from tests.alerting import (
     STAGING_INCIDENT,
     alert_config,
     alertmanager_api,
+    pagerduty,
     post_alert,
     roots,
     start_alert_bot,
@@ -37,18 +38,12 @@ from tests.harness.signing import block_actions_payload
 from tests.harness.slack_api import FakeSlack
 from tests.test_deploy_support import ROLLOUT_SECONDS, wait_until
 
-__all__ = ["alertmanager_api"]
+__all__ = ["alertmanager_api", "pagerduty"]
 
 ALICE, DAVE, ERIN = "U0ALICE01", "U0DAVE004", "U0ERIN005"
 NAMES = {ALICE: "alice", DAVE: "dave", ERIN: "erin"}
 KEY_VAR = "CHATOPS_TEST_PD_ROUTING_KEY"
 _names = itertools.count(1)
-
-
-@pytest.fixture
-def pagerduty() -> Iterator[FakePagerDuty]:
-    with FakePagerDuty() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ from sqlalchemy import select
 from bot.core.alerts import simulate as sim
 from bot.persistence.models import AlertGroup, Incident
 from bot.timeutil import aware
-from tests.alerting import PROD_INCIDENT, alertmanager_api, post_alert, roots, thread
+from tests.alerting import PROD_INCIDENT, alertmanager_api, pagerduty, post_alert, roots, thread
 from tests.bot_server import RunningBot
 from tests.harness.alertmanager import AlertmanagerServer
 from tests.harness.pagerduty import FakePagerDuty
 from tests.harness.slack_api import FakeSlack
-from tests.test_alert_actions import ERIN, audits, bot, make_bot, pagerduty, slack
+from tests.test_alert_actions import ERIN, audits, bot, make_bot, slack
 
 __all__ = ["alertmanager_api", "bot", "pagerduty", "slack"]
 

@@ -21,7 +21,7 @@ from bot.ids import decode_value, encode_value
 from bot.persistence.models import AlertGroup
 from bot.timeutil import utcnow
 from integrations.alertmanager import AlertmanagerClient, Matcher, Silence
-from tests.alerting import PROD_INCIDENT, alertmanager_api, wait_until
+from tests.alerting import PROD_INCIDENT, alertmanager_api, pagerduty, wait_until
 from tests.bot_server import RunningBot
 from tests.harness.alertmanager import AlertmanagerServer, free_port
 from tests.harness.pagerduty import FakePagerDuty
@@ -36,7 +36,6 @@ from tests.test_alert_actions import (
     fire,
     make_bot,
     menu,
-    pagerduty,
     root,
     slack,
 )

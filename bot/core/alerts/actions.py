@@ -277,8 +277,8 @@ class AlertActions:
             self.intake.refresh_root(s, current)
             who.answer(self.outbox, s, Reply(f"Silenced *{title}* until {until:%H:%M} UTC."))
 
-        after_commit(session, self.intake.db, FollowUp("silence", call, record, self._failed(who, group_id,
-                                                                                            "alertmanager.silence")))
+        failed = who.failed(self.outbox, "alertmanager.silence", grp.environment, group_id=group_id)
+        after_commit(session, self.intake.db, FollowUp("silence", call, record, failed))
         return Reply(f":hourglass: Asking Alertmanager to silence *{title}* for {label_of(minutes)}…")
 
     def unsilence(self, session: Session, who: Clicker, grp: AlertGroup) -> Reply:
@@ -321,16 +321,6 @@ class AlertActions:
             self.intake.refresh_root(s, current)
             who.answer(self.outbox, s, Reply(f"Unsilenced *{user_text(current.title)}*."))
 
-        after_commit(session, self.intake.db, FollowUp("unsilence", call, record,
-                                                       self._failed(who, group_id, "alertmanager.unsilence")))
+        failed = who.failed(self.outbox, "alertmanager.unsilence", grp.environment, group_id=group_id)
+        after_commit(session, self.intake.db, FollowUp("unsilence", call, record, failed))
         return Reply(f":hourglass: Asking Alertmanager to expire the silence of *{user_text(grp.title)}*…")
-
-    def _failed(self, who: Clicker, group_id: int, action: str) -> Callable[[Session, Exception], None]:
-        """Recording the outcome failed (e.g. the database): audit that and tell the clicker; the claim stays."""
-        def failed(s: Session, exc: Exception) -> None:
-            text, outcome = user_message(exc)
-            append(s, AuditEntry(actor_id=who.actor.user_id, actor_name=who.actor.name, channel=who.channel_id,
-                                 environment=None, action=action, outcome=outcome,
-                                 correlation_id=who.correlation_id, args={"group_id": group_id, "error": text}))
-            who.answer(self.outbox, s, Reply(text))
-        return failed

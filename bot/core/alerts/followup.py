@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from bot.core.model import Actor, Reply
+from bot.errors import user_message
 from bot.outbox import Outbox
+from bot.persistence.audit import AuditEntry, append
 from bot.persistence.db import Database
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,18 @@ class Clicker:
     correlation_id: str
     channel_id: str | None = None
     response_url: str | None = None
+
+    def failed(self, outbox: Outbox, action: str, environment: str | None,
+               **args: Any) -> Callable[[Session, Exception], None]:
+        """A `FollowUp.failed`: audit `action` with the error's outcome and tell the clicker what went wrong."""
+        def record(session: Session, exc: Exception) -> None:
+            text, outcome = user_message(exc)
+            append(session, AuditEntry(actor_id=self.actor.user_id, actor_name=self.actor.name,
+                                       channel=self.channel_id, environment=environment, action=action,
+                                       outcome=outcome, correlation_id=self.correlation_id,
+                                       args={**args, "error": text}))
+            self.answer(outbox, session, Reply(text))
+        return record
 
     def answer(self, outbox: Outbox, session: Session, reply: Reply) -> None:
         """Queue a reply only the clicker sees (through the click's response_url when there is one)."""
