@@ -64,7 +64,7 @@ def render(text: str, blocks: list[dict[str, Any]] | None, user_name: Callable[[
                 lines.append(f"[ {_text_of(block['accessory'].get('text'))} ]")
         elif kind == "context":
             parts = [mrkdwn(_text_of(e), user_name) for e in block.get("elements") or []]
-            lines.append("(" + " ".join(parts) + ")")
+            lines += ("(" + " ".join(parts) + ")").splitlines()  # every line of a note indented alike
         elif kind == "divider":
             lines.append("-" * 40)
         elif kind == "actions":

@@ -250,3 +250,35 @@ def _server_message(response: httpx.Response) -> str:
                 break
     text = " ".join(text.split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+class SimulatedAlertmanager:
+    """Silences kept in memory, for the console where an environment names no Alertmanager (labelled
+    SIMULATED in its banner; `chatops serve` never uses it). The same checks as the client: matchers from
+    the labels, ids that are ids, expiring twice is harmless, an unknown id is `NotFound`."""
+
+    label = "simulated (no Alertmanager configured)"
+
+    def __init__(self) -> None:
+        self.silences: dict[str, Silence] = {}
+        self._n = 0
+
+    def silence_for(self, duration: timedelta, labels: dict[str, str], *, created_by: str, comment: str) -> str:
+        matchers = tuple(matchers_from_labels(labels))
+        now = datetime.now(UTC)
+        self._n += 1
+        silence_id = f"00000000-0000-4000-8000-{self._n:012d}"
+        self.silences[silence_id] = Silence(silence_id, matchers, now, now + duration, created_by, comment, "active")
+        return silence_id
+
+    def find_silence(self, labels: dict[str, str], marker: str) -> tuple[str, datetime] | None:
+        wanted = set(matchers_from_labels(labels))
+        return next(((s.id, s.ends_at) for s in self.silences.values()
+                     if s.state == "active" and set(s.matchers) == wanted and marker in s.comment), None)
+
+    def delete_silence(self, silence_id: str) -> None:
+        found = self.silences.get(_safe_id(silence_id))
+        if found is None:
+            raise NotFound(f"Alertmanager has no silence {silence_id!r}")
+        self.silences[silence_id] = Silence(found.id, found.matchers, found.starts_at, datetime.now(UTC),
+                                            found.created_by, found.comment, "expired")
