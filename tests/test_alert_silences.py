@@ -160,6 +160,24 @@ def test_a_failing_alertmanager_is_recorded_and_shown(dead_alertmanager_bot: Run
     assert "Silence 1 h" in buttons(updated) and "Silencing" not in str(updated["blocks"])
 
 
+def test_a_failing_unsilence_keeps_the_silence(dead_alertmanager_bot: RunningBot) -> None:
+    """Alertmanager unreachable when expiring a silence: the group stays silenced (the root offers Unsilence
+    again), the failure is audited and the clicker told."""
+    bot = dead_alertmanager_bot
+    message = fire(bot, "BookSkew")
+    silence_id = "11111111-2222-4333-8444-555555555555"
+    with bot.container.db.transaction() as session:  # a silence recorded while Alertmanager was up
+        grp = session.execute(select(AlertGroup).where(AlertGroup.title == "BookSkew")).scalar_one()
+        grp.silence_id, grp.silenced_by, grp.silenced_until = silence_id, ERIN, utcnow() + timedelta(hours=1)
+        bot.container.core.alerts.refresh_root(session, grp)
+    updated = root(bot, message["ts"])
+    reply = click(bot, updated, "Unsilence", ERIN, answers=2)
+    assert reply.startswith(":warning:") and "still in place" in reply
+    assert group_row(bot, "BookSkew").silence_id == silence_id
+    assert [a["outcome"] for a in audits(bot, "alertmanager.unsilence")] == ["backend_unavailable"]
+    assert "Unsilence" in buttons(root(bot, message["ts"]))
+
+
 class _Parked(http.server.BaseHTTPRequestHandler):
     """Forwards to the real Alertmanager, holding each silence creation until the test releases it."""
 
