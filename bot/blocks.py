@@ -70,6 +70,20 @@ def button(label: str, action_id: str, value: str, *, style: str | None = None,
     return element
 
 
+def static_select(placeholder: str, action_id: str, options: list[tuple[str, str]]) -> dict[str, Any]:
+    """A menu (`static_select`); each option is (label, value). Slack allows 100 options, 75 characters of
+    label and 150 of value: a longer value is refused here rather than by Slack."""
+    if not options or len(options) > 100:
+        raise ValueError(f"a menu needs 1 to 100 options, not {len(options)}")
+    for _label, value in options:
+        if len(value) > 150:
+            raise ValueError(f"menu option value is {len(value)} characters, Slack allows 150")
+    return {"type": "static_select", "action_id": action_id,
+            "placeholder": {"type": "plain_text", "text": placeholder[:150]},
+            "options": [{"text": {"type": "plain_text", "text": label[:75]}, "value": value}
+                        for label, value in options]}
+
+
 def actions(*elements: dict[str, Any], block_id: str | None = None) -> Block:
     block: Block = {"type": "actions", "elements": list(elements)[:25]}
     if block_id:

@@ -280,6 +280,9 @@ class EnvAlertSettings(_Strict):
     routes: list[AlertRoute] = Field(default_factory=list)
     severities: dict[Severity, SeverityRoute] = Field(default_factory=dict, description="overrides of the "
                                                       "runbook 7.4 defaults, per severity")
+    auto_incident: Literal["off", "critical", "high"] = Field(
+        "off", description="declare an incident when an alert group of this severity or worse opens "
+        "(critical: SEV1, high: SEV2), once per group episode; off: only /incident declare")
 
 
 SEVERITY_ALIASES: dict[str, Severity] = {"critical": "critical", "page": "critical", "high": "high", "error": "high",

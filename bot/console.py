@@ -655,8 +655,23 @@ class Console:
             self.settle()
 
 
-def banner(container: Container, out: TextIO) -> None:
-    sims = sorted({label for label in container.core.backends.values() if label.startswith("simulated")})
+def simulate_silences(container: Container) -> list[str]:
+    """Environments without `alertmanager` silence in memory in the console, so the alert root's Silence
+    buttons can be tried (the `silences` dict is the one the alert actions read)."""
+    from integrations.alertmanager import SimulatedAlertmanager
+
+    silences = getattr(container.core, "silences", None)
+    if silences is None:
+        return []
+    missing = [name for name in container.config.environments if name not in silences]
+    for name in missing:
+        silences[name] = SimulatedAlertmanager()
+    return [SimulatedAlertmanager.label] if missing else []
+
+
+def banner(container: Container, out: TextIO, extra: list[str] | None = None) -> None:
+    sims = sorted({label for label in container.core.backends.values() if label.startswith("simulated")}
+                  | set(extra or []))
     out.write("swarm-chatops console: database " + container.settings.database_url.split("?")[0] + "\n")
     if sims:
         out.write("backends: SIMULATED — " + "; ".join(sims) + " (nothing real is changed)\n")
@@ -673,7 +688,7 @@ def run_console(settings: Settings, *, script: list[str] | None, stdin: TextIO =
     container.db.upgrade()
     container.start()
     console = Console(container, transport, out, settle_seconds=settle_seconds)
-    banner(container, out)
+    banner(container, out, simulate_silences(container))
     try:
         if script is not None:
             return console.run_script(script)

@@ -179,8 +179,10 @@ def build(settings: Settings, *, transport: Transport | None = None, config: Con
     core.silences = _silences(config)
     core.alerts = AlertIntake(config, db, outbox)
     from bot.core.alerts.actions import AlertActions
+    from bot.core.incidents import IncidentService
 
-    core.alert_actions = AlertActions(config, core.alerts, store, core.silences).install()
+    core.alert_actions = AlertActions(config, core.alerts, store, core.silences,
+                                      incidents=IncidentService(config, outbox, core.authorizer)).install()
     owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
     pending = PendingRunner(db, tasks, dispatcher.rebuild, owner=owner)
     writer = BatchWriter(db, owner=owner, lease_seconds=pending.lease_seconds)

@@ -17,9 +17,11 @@ class ActionId(StrEnum):
     #: App Home buttons, value {"env": name}: start /stop-trading or /rollback for that environment
     stop_trading = "stop_trading.start"
     rollback = "rollback.start"
-    #: an alert group's root, value {"g": group id, "e": environment} (+ "h": hours for a silence)
+    #: an alert group's root, value {"g": group id, "e": environment} (+ "m": minutes for a silence; "h": hours
+    #: on roots posted before the menu); `alert_silence_for` is the *Silence for…* menu (the option's value)
     alert_ack = "alert.ack"
     alert_silence = "alert.silence"
+    alert_silence_for = "alert.silence_for"
     alert_unsilence = "alert.unsilence"
     alert_rollback = "alert.rollback"
     alert_stop_trading = "alert.stop_trading"

@@ -24,11 +24,22 @@ def _text_of(obj: Any) -> str:
     return str(obj or "")
 
 
+def menu_choices(menu: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `static_select`'s options as buttons the console can click: "Silence for…" + "2 h" → "Silence for 2 h"."""
+    name = _text_of(menu.get("placeholder")).rstrip("…. ")
+    return [{"type": "button", "text": {"type": "plain_text", "text": f"{name} {_text_of(o.get('text'))}"},
+             "action_id": menu.get("action_id"), "value": o.get("value", "")} for o in menu.get("options") or []]
+
+
 def buttons_of(blocks: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     out = []
     for block in blocks or []:
         if block.get("type") == "actions":
-            out += [e for e in block.get("elements", []) if e.get("type") == "button"]
+            for e in block.get("elements", []):
+                if e.get("type") == "button":
+                    out.append(e)
+                elif e.get("type") == "static_select":
+                    out += menu_choices(e)
         accessory = block.get("accessory")
         if isinstance(accessory, dict) and accessory.get("type") == "button":
             out.append(accessory)
@@ -53,12 +64,14 @@ def render(text: str, blocks: list[dict[str, Any]] | None, user_name: Callable[[
                 lines.append(f"[ {_text_of(block['accessory'].get('text'))} ]")
         elif kind == "context":
             parts = [mrkdwn(_text_of(e), user_name) for e in block.get("elements") or []]
-            lines.append("(" + " ".join(parts) + ")")
+            lines += ("(" + " ".join(parts) + ")").splitlines()  # every line of a note indented alike
         elif kind == "divider":
             lines.append("-" * 40)
         elif kind == "actions":
-            labels = [f"[ {_text_of(e.get('text'))} ]" for e in block.get("elements") or []
-                      if e.get("type") == "button"]
+            labels = [f"[ {_text_of(e.get('text'))} ]" if e.get("type") == "button" else
+                      f"[ {_text_of(e.get('placeholder'))} ▾ "
+                      + " · ".join(_text_of(o.get("text")) for o in e.get("options") or []) + " ]"
+                      for e in block.get("elements") or [] if e.get("type") in ("button", "static_select")]
             if labels:
                 lines.append("  ".join(labels))
         else:

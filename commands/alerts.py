@@ -1,10 +1,15 @@
-"""The buttons on an alert group's root: Acknowledge, Silence 1 h / 4 h, Unsilence, Roll back, Stop trading.
+"""The buttons on an alert group's root: Acknowledge, Silence 1 h, the *Silence for…* menu, Unsilence,
+Roll back, Stop trading.
 
 Each click is authorized for the clicker's role in the group's environment before anything runs
 (operator for acknowledging, silencing and stopping trading; deployer for rolling back, as `/rollback`),
-audited by the dispatcher with its outcome, and does its work in the click's transaction through the
-core (`bot.core.alerts.actions.AlertActions`, `DeployService.rollback`, `StopTradingService.request`).
-A group of no known environment can be acknowledged by an operator of any environment.
+and a silence's duration is checked against the menu's there too (a forged value is refused and
+audited as a usage error). The click is audited by the dispatcher with its outcome and does its work
+through the core (`bot.core.alerts.actions.AlertActions`, `DeployService.rollback`,
+`StopTradingService.request`). Calls to outside systems — Alertmanager for a silence, the cluster's
+live image for a rollback — run after the click's transaction committed (`bot.core.alerts.followup`),
+and their outcome is recorded in a second one. A group of no known environment can be acknowledged by
+an operator of any environment.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 from bot.blocks import user_text
 from bot.config import Role
 from bot.core.alerts.actions import AlertActions
+from bot.core.alerts.followup import Clicker, FollowUp, after_commit
+from bot.core.alerts.silences import minutes_of
 from bot.core.model import Reply
 from bot.errors import CommandError
 from bot.ids import ActionId
@@ -43,8 +50,14 @@ def _group(value: dict[str, Any], ctx: Ctx) -> Any:
     return grp
 
 
-def _authorizer(role: Role, what: str, *, needs_env: bool = False) -> Any:
+def _clicker(ctx: Ctx) -> Clicker:
+    return Clicker(ctx.actor, ctx.correlation_id, ctx.channel_id, ctx.response_url)
+
+
+def _authorizer(role: Role, what: str, *, needs_env: bool = False, silence: bool = False) -> Any:
     def authorize(value: dict[str, Any], ctx: Ctx) -> str | None:
+        if silence:
+            minutes_of(value)  # before the role check: a forged duration is refused whoever sends it
         env = _env_of(value, ctx)
         if env is None:
             if needs_env:
@@ -64,26 +77,38 @@ def _acknowledge(value: dict[str, Any], ctx: Ctx) -> Reply:
 
 def _silence(value: dict[str, Any], ctx: Ctx) -> Reply:
     assert ctx.session is not None
-    return _svc(ctx).silence(ctx.session, ctx.actor, _group(value, ctx), value.get("h"), ctx.correlation_id)
+    return _svc(ctx).silence(ctx.session, _clicker(ctx), _group(value, ctx), minutes_of(value))
 
 
 def _unsilence(value: dict[str, Any], ctx: Ctx) -> Reply:
     assert ctx.session is not None
-    return _svc(ctx).unsilence(ctx.session, ctx.actor, _group(value, ctx), ctx.correlation_id)
+    return _svc(ctx).unsilence(ctx.session, _clicker(ctx), _group(value, ctx))
 
 
 def _rollback(value: dict[str, Any], ctx: Ctx) -> Reply:
     """`/rollback --env ENV` with the alert as its reason: the same rules (continue a failed run, previous
-    version, approvals)."""
+    version, approvals). The click's transaction checks the group; the live image is read from the cluster
+    after it committed, and `/rollback` runs in a second transaction with it."""
     assert ctx.session is not None
     grp = _group(value, ctx)
     env = grp.environment
     assert env is not None
-    deploy = ctx.core.deploy
-    current = deploy.backends(env).cluster.current_image(deploy.ref(deploy.env(env)))
-    return deploy.rollback(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,  # type: ignore[no-any-return]
-                           correlation_id=ctx.correlation_id, env_name=env, to=None,
-                           reason=f"alert {grp.title}"[:200], current_image=current, executor=ctx.core.executor)
+    deploy, executor, outbox, who = ctx.core.deploy, ctx.core.executor, ctx.core.outbox, _clicker(ctx)
+    reason, group_id = f"alert {grp.title}"[:200], grp.id
+
+    def call() -> Any:
+        return deploy.backends(env).cluster.current_image(deploy.ref(deploy.env(env)))
+
+    def record(session: Any, current: Any, error: Exception | None) -> None:
+        if error is not None:
+            raise error
+        who.answer(outbox, session, deploy.rollback(session, actor=who.actor, channel_id=who.channel_id,
+                                                    correlation_id=who.correlation_id, env_name=env, to=None,
+                                                    reason=reason, current_image=current, executor=executor))
+
+    after_commit(ctx.session, ctx.core.db, FollowUp("rollback", call, record,
+                                                     who.failed(outbox, "alert.rollback", env, group_id=group_id)))
+    return Reply(f":hourglass: Reading what {env} runs now, then starting /rollback…")
 
 
 def _stop_trading(value: dict[str, Any], ctx: Ctx) -> Reply:
@@ -99,7 +124,10 @@ def _stop_trading(value: dict[str, Any], ctx: Ctx) -> Reply:
 def make_actions() -> list[ActionEntry]:
     return [
         ActionEntry(ActionId.alert_ack, _authorizer(Role.operator, "acknowledge alerts"), _acknowledge),
-        ActionEntry(ActionId.alert_silence, _authorizer(Role.operator, "silence alerts", needs_env=True), _silence),
+        ActionEntry(ActionId.alert_silence, _authorizer(Role.operator, "silence alerts", needs_env=True,
+                                                        silence=True), _silence),
+        ActionEntry(ActionId.alert_silence_for, _authorizer(Role.operator, "silence alerts", needs_env=True,
+                                                            silence=True), _silence),
         ActionEntry(ActionId.alert_unsilence, _authorizer(Role.operator, "unsilence alerts", needs_env=True),
                     _unsilence),
         ActionEntry(ActionId.alert_rollback, _authorizer(Role.deployer, "roll back", needs_env=True), _rollback),

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from bot.errors import BackendUnavailable, IntegrationError, NotFound
+from integrations.http_base import HttpApi
 
 SYSTEM = "alertmanager"
 MAX_MESSAGE = 200
@@ -113,20 +114,15 @@ def _silence(data: Any) -> Silence:
                    state=str(status.get("state", "")) if isinstance(status, dict) else "")
 
 
-class AlertmanagerClient:
+class AlertmanagerClient(HttpApi):
     """Silences through Alertmanager's API v2 at `base_url` (e.g. `http://alertmanager:9093`)."""
+
+    system = SYSTEM
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 5.0,
                  client: httpx.Client | None = None) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"alertmanager url must start with http:// or https://, got {base_url!r}")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
+        super().__init__(base_url, timeout=timeout, client=client)
         self._token = token or None
-        self._client = client if client is not None else httpx.Client(timeout=timeout, follow_redirects=False)
-        self._owns_client = client is None
 
     def __repr__(self) -> str:
         return f"AlertmanagerClient({self.base_url!r}, token={'***' if self._token else None})"
@@ -157,6 +153,15 @@ class AlertmanagerClient:
         return self.create_silence(matchers_from_labels(labels), created_by=created_by, comment=comment,
                                    starts_at=now, ends_at=now + duration)
 
+    def find_silence(self, labels: dict[str, str], marker: str) -> tuple[str, datetime] | None:
+        """A silence not yet expired on these labels' matchers whose comment carries `marker` (how a click
+        finds the silence it created before its process died), as (id, endsAt); None when there is none."""
+        wanted = set(matchers_from_labels(labels))
+        for silence in self.list_silences(matchers=sorted(wanted, key=lambda m: m.name)):
+            if silence.state != "expired" and set(silence.matchers) == wanted and marker in silence.comment:
+                return silence.id, silence.ends_at
+        return None
+
     def get_silence(self, silence_id: str) -> Silence:
         """One silence; `NotFound` when Alertmanager does not know the id."""
         return _silence(self._json(self._call("GET", f"/api/v2/silence/{_safe_id(silence_id)}", None,
@@ -181,16 +186,6 @@ class AlertmanagerClient:
             return False
 
     # -- plumbing -------------------------------------------------------------------------------------
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> AlertmanagerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
 
@@ -255,3 +250,35 @@ def _server_message(response: httpx.Response) -> str:
                 break
     text = " ".join(text.split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+class SimulatedAlertmanager:
+    """Silences kept in memory, for the console where an environment names no Alertmanager (labelled
+    SIMULATED in its banner; `chatops serve` never uses it). The same checks as the client: matchers from
+    the labels, ids that are ids, expiring twice is harmless, an unknown id is `NotFound`."""
+
+    label = "simulated (no Alertmanager configured)"
+
+    def __init__(self) -> None:
+        self.silences: dict[str, Silence] = {}
+        self._n = 0
+
+    def silence_for(self, duration: timedelta, labels: dict[str, str], *, created_by: str, comment: str) -> str:
+        matchers = tuple(matchers_from_labels(labels))
+        now = datetime.now(UTC)
+        self._n += 1
+        silence_id = f"00000000-0000-4000-8000-{self._n:012d}"
+        self.silences[silence_id] = Silence(silence_id, matchers, now, now + duration, created_by, comment, "active")
+        return silence_id
+
+    def find_silence(self, labels: dict[str, str], marker: str) -> tuple[str, datetime] | None:
+        wanted = set(matchers_from_labels(labels))
+        return next(((s.id, s.ends_at) for s in self.silences.values()
+                     if s.state == "active" and set(s.matchers) == wanted and marker in s.comment), None)
+
+    def delete_silence(self, silence_id: str) -> None:
+        found = self.silences.get(_safe_id(silence_id))
+        if found is None:
+            raise NotFound(f"Alertmanager has no silence {silence_id!r}")
+        self.silences[silence_id] = Silence(found.id, found.matchers, found.starts_at, datetime.now(UTC),
+                                            found.created_by, found.comment, "expired")

@@ -24,6 +24,7 @@ import httpx
 
 from bot.errors import BackendUnavailable, IntegrationError
 from bot.outbox import Delivered, PermanentError, RateLimited, TransientError
+from integrations.http_base import HttpApi
 
 SYSTEM = "pagerduty"
 DEFAULT_BASE_URL = "https://events.pagerduty.com"
@@ -99,19 +100,14 @@ class PagerDutyRateLimited(BackendUnavailable):
         self.retry_after = retry_after
 
 
-class PagerDutyClient:
+class PagerDutyClient(HttpApi):
     """Sends events to `base_url` + `/v2/enqueue` (the base URL is configurable for regions and tests)."""
+
+    system = SYSTEM
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, *, timeout: float = 5.0,
                  client: httpx.Client | None = None) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"pagerduty url must start with http:// or https://, got {base_url!r}")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._client = client if client is not None else httpx.Client(timeout=timeout, follow_redirects=False)
-        self._owns_client = client is None
+        super().__init__(base_url, timeout=timeout, client=client)
 
     def __repr__(self) -> str:
         return f"PagerDutyClient({self.base_url!r})"
@@ -152,9 +148,6 @@ class PagerDutyClient:
         key = data.get("dedup_key") if isinstance(data, dict) else None
         return key if isinstance(key, str) and key else event.dedup_key
 
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
 
 
 def _message(response: httpx.Response) -> str:

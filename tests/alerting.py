@@ -4,13 +4,15 @@ Fixtures (import them into a test module, or use the helpers directly):
 
 * `alert_bot` — the real bot (uvicorn, SQLite) with `CHATOPS_ALERTMANAGER_TOKEN` = `TOKEN`;
 * `alertmanager` — a factory: `alertmanager(bot_url)` starts a real Alertmanager whose webhook
-  receiver posts to that bot with the bearer token (skips without the binary, fails under CI).
+  receiver posts to that bot with the bearer token (skips without the binary, fails under CI);
+* `pagerduty` — the PagerDuty Events API v2 stand-in;
+* `alertmanager_api` — one real Alertmanager per test module that delivers nowhere, for its API
+  (silences) alone.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +24,11 @@ import yaml
 
 from tests.bot_server import REPO, RunningBot, start_bot
 from tests.harness.alertmanager import AlertmanagerServer, require_alertmanager
+from tests.harness.pagerduty import FakePagerDuty
 from tests.harness.slack_api import Call, FakeSlack, _Reply
+from tests.test_deploy_support import wait_until
+
+__all__ = ["wait_until"]  # polling a condition the bot's background work makes true: one helper for all tests
 
 TOKEN = "am-test-token"
 ALICE, DAVE, ROOT = "U0ALICE01", "U0DAVE004", "U0ROOT006"
@@ -98,17 +104,6 @@ def thread(fake: FakeSlack, channel: str, ts: str) -> list[dict[str, Any]]:
     return [m for m in fake.messages_in(channel) if m.get("thread_ts") == ts]
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll a condition the bot's background work makes true (the outbox has no completion callback)."""
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while time.monotonic() < deadline:
-        if check():
-            return
-        event.wait(0.02)
-    raise TimeoutError(f"{what} not reached within {timeout:g}s")
-
-
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
     """A fake Slack Web API on a real socket."""
@@ -122,6 +117,20 @@ def alert_bot(slack: FakeSlack, tmp_path: Path) -> Iterator[RunningBot]:
     running = start_alert_bot(slack, tmp_path)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def pagerduty() -> Iterator[FakePagerDuty]:
+    """A PagerDuty Events API v2 stand-in over real HTTP."""
+    with FakePagerDuty() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def alertmanager_api() -> Iterator[AlertmanagerServer]:
+    """A real Alertmanager whose receiver delivers nowhere: where the Silence buttons' silences go."""
+    with AlertmanagerServer(binary=require_alertmanager()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -4,119 +4,23 @@
 from __future__ import annotations
 
 import http.server
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import httpx
 import pytest
 
 from bot.errors import BackendUnavailable, IntegrationError, NotFound
 from integrations.alertmanager import AlertmanagerClient, Matcher, matchers_from_labels
+from tests.alerting import alertmanager_api
+from tests.harness.alertmanager import AlertmanagerServer, free_port
 
-DEBIAN_BINARY = "/usr/bin/prometheus-alertmanager"
-CONFIG = """\
-route:
-  receiver: bot
-  group_wait: 1s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: bot
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LocalAlertmanager:
-    """A real Alertmanager on 127.0.0.1: generated config, temp storage, no clustering, `/-/ready` awaited.
-    (A stand-in for the intake branch's `tests/harness/alertmanager.py` until it is merged.)"""
-
-    def __init__(self, binary: str, config: str = CONFIG) -> None:
-        self.binary = binary
-        self.config = config
-        self.port = 0
-        self.dir: Path | None = None
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> LocalAlertmanager:
-        self.dir = Path(tempfile.mkdtemp(prefix="chatops-am-"))
-        (self.dir / "alertmanager.yml").write_text(self.config)
-        self.port = _free_port()
-        log = open(self.dir / "alertmanager.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            [self.binary, f"--config.file={self.dir / 'alertmanager.yml'}", f"--storage.path={self.dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"alertmanager exited: {self.log_tail()}")
-                try:
-                    if client.get(self.url + "/-/ready").status_code == 200:
-                        return self
-                except httpx.HTTPError:
-                    pass
-                threading.Event().wait(0.05)  # bounded poll of a readiness condition, not a blind sleep
-        self.stop()
-        raise RuntimeError(f"alertmanager not ready after {timeout}s: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        try:
-            return (self.dir / "alertmanager.log").read_text(errors="replace")[-2000:] if self.dir else ""
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def alertmanager_binary() -> str:
-    binary = os.environ.get("CHATOPS_TEST_ALERTMANAGER") or (
-        DEBIAN_BINARY if os.access(DEBIAN_BINARY, os.X_OK) else shutil.which("alertmanager"))
-    if not binary:
-        reason = "no alertmanager binary; apt-get install -y prometheus-alertmanager"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return binary
-
-
-@pytest.fixture(scope="module")
-def alertmanager() -> Iterator[LocalAlertmanager]:
-    """A real Alertmanager for this module."""
-    server = LocalAlertmanager(alertmanager_binary()).start()
-    yield server
-    server.stop()
+__all__ = ["alertmanager_api"]
 
 
 @pytest.fixture
-def client(alertmanager: LocalAlertmanager) -> Iterator[AlertmanagerClient]:
-    with AlertmanagerClient(alertmanager.url) as am:
+def client(alertmanager_api: AlertmanagerServer) -> Iterator[AlertmanagerClient]:
+    with AlertmanagerClient(alertmanager_api.url) as am:
         yield am
 
 
@@ -167,7 +71,7 @@ def test_labels_without_matchable_values_are_refused() -> None:
 
 def test_unreachable_alertmanager_is_backend_unavailable() -> None:
     """Connection refused is BackendUnavailable naming the URL."""
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with AlertmanagerClient(url, timeout=1.0) as am, pytest.raises(BackendUnavailable) as caught:
         am.list_silences()
     assert url in caught.value.message

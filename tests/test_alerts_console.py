@@ -23,3 +23,17 @@ def test_sim_alert_refuses_bad_lines(run_script: RunScript) -> None:
     assert code == 1 and "is not firing" in output
     code, output = run_script(["sim alert fire X --colour red"])
     assert code == 1 and "usage: sim alert fire NAME" in output
+
+
+def test_the_roots_buttons_work_in_the_console(run_script: RunScript) -> None:
+    """A critical alert's root in the console: Acknowledge, the Silence for… menu (a simulated Alertmanager where
+    none is configured, said in the banner), Unsilence, then the resolve removes the buttons."""
+    code, output = run_script(["as erin", "sim alert fire TradingBotDown --severity critical --env production",
+                               "click Acknowledge", "click Silence for 2 h", "click Unsilence",
+                               "sim alert resolve TradingBotDown"])
+    assert code == 0, output
+    assert "simulated (no Alertmanager configured)" in output
+    assert "[ Silence for… ▾ 15 min · 30 min · 1 h" in output
+    assert "Acknowledged by @erin" in output and "You acknowledged *TradingBotDown*." in output
+    assert "Silenced in Alertmanager by @erin for 2 h" in output and "Silenced *TradingBotDown* until" in output
+    assert "Unsilenced by @erin" in output and "All resolved" in output

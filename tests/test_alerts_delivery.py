@@ -34,7 +34,8 @@ def _check_story(fake: FakeSlack, name: str, pods: int) -> None:
 
 def test_rate_limited_channel_loses_duplicates_and_reorders_nothing(tmp_path: Path) -> None:
     """Three groups in one channel against 3 calls/s: 429s are waited out; every thread is complete, in order."""
-    with RateLimitedSlack(per_second=3) as fake:
+    fake = RateLimitedSlack(per_second=3)
+    with fake:
         bot = start_alert_bot(fake, tmp_path)
         try:
             for name in ("ErrA", "ErrB", "ErrC"):

@@ -18,17 +18,13 @@ from bot.persistence.db import Database
 from bot.persistence.models import AuditRecord, OutboxMessage
 from integrations.pagerduty import PagerDutyClient, PagerDutyEvent, PagerDutyRateLimited, PagerDutyTransport
 from integrations.slack_web import SlackWebTransport
+from tests.alerting import pagerduty
 from tests.harness.pagerduty import DEFAULT_ROUTING_KEY, FakePagerDuty
 from tests.harness.slack_api import DEFAULT_TOKEN, FakeSlack
 
+__all__ = ["pagerduty"]
 KEY = DEFAULT_ROUTING_KEY
 CHANNEL = "C0STAGEINC"
-
-
-@pytest.fixture
-def pagerduty() -> Iterator[FakePagerDuty]:
-    with FakePagerDuty() as fake:
-        yield fake
 
 
 @pytest.fixture

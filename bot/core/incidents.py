@@ -27,6 +27,7 @@ from bot.core import checklists
 from bot.core.model import Actor, Reply, person
 from bot.core.rbac import Authorizer
 from bot.core.runs.context import describe_duration
+from bot.core.unit_of_work import SYSTEM_ACTORS
 from bot.errors import CommandError, Conflict, NotFound
 from bot.outbox import Outbox, channel_ref
 from bot.persistence.audit import AuditEntry, append
@@ -179,8 +180,11 @@ class IncidentService:
         where = channel_ref(key)
         self.outbox.create_channel(session, key, names, retry_until=now + self.outbox.alert_retry)
         users, groups = self.on_call(env_name)
-        invited = list(dict.fromkeys([actor.user_id, *users]))
-        self.outbox.invite(session, where, invited, groups, retry_until=now + self.outbox.alert_retry)
+        # a system actor (alert intake declaring for a critical alert) is nobody to invite
+        declarer = [] if actor.user_id in SYSTEM_ACTORS else [actor.user_id]
+        invited = list(dict.fromkeys([*declarer, *users]))
+        if invited or groups:
+            self.outbox.invite(session, where, invited, groups, retry_until=now + self.outbox.alert_retry)
         suspect_text = self._describe_run(session, suspect, now) if suspect else None
         self.outbox.post(session, where, self.render(incident, suspect_text), key=message_key(incident.id),
                          retry_until=now + self.outbox.alert_retry)

@@ -52,6 +52,13 @@ def command_invocation(container: Container, body: dict[str, Any], *, raw_key: s
     )
 
 
+def _value_of(action: dict[str, Any]) -> str:
+    """A button's `value`, or the value of the option chosen in a menu (`static_select`)."""
+    option = action.get("selected_option")
+    chosen = option.get("value") if isinstance(option, dict) else None
+    return str(action.get("value") or chosen or "")
+
+
 def action_invocations(container: Container, body: dict[str, Any]) -> list[ActionInvocation]:
     user = body.get("user") or {}
     channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
@@ -61,7 +68,7 @@ def action_invocations(container: Container, body: dict[str, Any]) -> list[Actio
         click = action.get("action_ts") or body.get("trigger_id") or ""
         out.append(ActionInvocation(
             action_id=str(action.get("action_id") or ""),
-            value=str(action.get("value") or ""),
+            value=_value_of(action),
             actor=actor_from(container, str(user.get("id") or ""), user.get("username") or user.get("name")),
             channel_id=channel,
             message_ts=message_ts,

@@ -1,10 +1,11 @@
 """A throwaway, real Alertmanager for integration tests (Debian package `prometheus-alertmanager`).
 
-:class:`AlertmanagerServer` writes a config with one webhook receiver posting to `webhook_url` with a
-bearer token (low `group_wait` / `group_interval`, `send_resolved`), keeps its storage in a fresh temp
-dir, listens only on ``127.0.0.1:<free port>`` with clustering off (``--cluster.listen-address=``),
-and `start()` waits for ``/-/ready`` without blind sleeps. `fire()` / `resolve()` post alerts to its
-API v2 (``POST /api/v2/alerts``), as Prometheus would; `silences()` reads ``GET /api/v2/silences``.
+:class:`AlertmanagerServer` writes a config with one receiver — posting to `webhook_url` with a
+bearer token (low `group_wait` / `group_interval`, `send_resolved`), or, with no `webhook_url`,
+delivering nowhere (for tests of its API alone) — keeps its storage in a fresh temp dir, listens only
+on ``127.0.0.1:<free port>`` with clustering off (``--cluster.listen-address=``), and `start()` waits
+for ``/-/ready`` without blind sleeps. `fire()` / `resolve()` post alerts to its API v2
+(``POST /api/v2/alerts``), as Prometheus would; `silences()` reads ``GET /api/v2/silences``.
 
 The binary: ``$CHATOPS_TEST_ALERTMANAGER`` (a path), else ``/usr/bin/prometheus-alertmanager``, else
 ``alertmanager`` or ``prometheus-alertmanager`` on ``PATH``. Install with
@@ -64,10 +65,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def config_text(webhook_url: str, token: str, *, group_wait: str, group_interval: str,
+def config_text(webhook_url: str | None, token: str | None, *, group_wait: str, group_interval: str,
                 repeat_interval: str, group_by: list[str]) -> str:
     listed = ", ".join(group_by)
-    return (
+    head = (
         "route:\n"
         "  receiver: chatops\n"
         f"  group_by: [{listed}]\n"
@@ -76,6 +77,10 @@ def config_text(webhook_url: str, token: str, *, group_wait: str, group_interval
         f"  repeat_interval: {repeat_interval}\n"
         "receivers:\n"
         "  - name: chatops\n"
+    )
+    if webhook_url is None:
+        return head
+    return head + (
         "    webhook_configs:\n"
         f"      - url: {webhook_url}\n"
         "        send_resolved: true\n"
@@ -87,13 +92,15 @@ def config_text(webhook_url: str, token: str, *, group_wait: str, group_interval
 
 
 class AlertmanagerServer:
-    """A real Alertmanager on 127.0.0.1 whose only receiver is the bot's webhook."""
+    """A real Alertmanager on 127.0.0.1 whose only receiver is the bot's webhook (or nothing)."""
 
-    def __init__(self, webhook_url: str, *, token: str, binary: str | None = None, group_wait: str = "1s",
-                 group_interval: str = "1s", repeat_interval: str = "1h", group_by: list[str] | None = None,
-                 startup_timeout: float = 30.0) -> None:
-        if not webhook_url.startswith(("http://127.0.0.1:", "http://localhost:")):
+    def __init__(self, webhook_url: str | None = None, *, token: str | None = None, binary: str | None = None,
+                 group_wait: str = "1s", group_interval: str = "1s", repeat_interval: str = "1h",
+                 group_by: list[str] | None = None, startup_timeout: float = 30.0) -> None:
+        if webhook_url is not None and not webhook_url.startswith(("http://127.0.0.1:", "http://localhost:")):
             raise ValueError(f"the test Alertmanager may only post to loopback, not {webhook_url!r}")
+        if webhook_url is not None and not token:
+            raise ValueError("a webhook receiver needs the bot's token")
         self.webhook_url = webhook_url
         self.token = token
         self.binary = binary or find_alertmanager()
