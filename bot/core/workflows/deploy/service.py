@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +24,10 @@ from bot.core.ports import EnvBackends, WorkloadRef
 from bot.core.rbac import Authorizer
 from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
+from bot.core.workflows.deploy.model import Strategy
 from bot.core.workflows.deploy.plan import (
     DeploySubject,
+    LiftedFreeze,
     build_plan,
     describe_duration,
     plan_hash,
@@ -90,7 +93,7 @@ class DeployService:
 
     # --- /deploy ------------------------------------------------------------------------------------
     def request(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
-                env_name: str, version: str, strategy: str, dry_run: bool, reason: str | None,
+                env_name: str, version: str, strategy: Strategy, dry_run: bool, reason: str | None,
                 force: bool, current_image: str | None = None, kind: str = KIND,
                 procedure: list[StepSettings] | None = None, approvals: int | None = None) -> Reply:
         env = self.env(env_name)
@@ -104,7 +107,7 @@ class DeployService:
         plan = build_plan(env_name=env_name, env=env, version=version, strategy=strategy,
                           current_image=current_image, checks=checks, reason=reason, requested_by=actor.user_id,
                           procedure=procedure)
-        plan["approvals_required"] = required
+        plan = replace(plan, approvals_required=required)
         run_id = "r-" + secrets.token_hex(4)
         now = utcnow()
         if dry_run:
@@ -118,23 +121,23 @@ class DeployService:
             holder = locks.current(session, env_name)
             if holder is not None and holder.kind == "freeze" and force:
                 broke = locks.force_release(session, env_name)
-                plan["lifted_freeze"] = {"held_by": broke.held_by if broke else None,
-                                         "held_by_name": broke.held_by_name if broke else None,
-                                         "reason": broke.reason if broke else None,
-                                         "expires_at": broke.expires_at.isoformat() if broke else None}
+                if broke is not None:
+                    plan = replace(plan, lifted_freeze=LiftedFreeze(
+                        broke.held_by, broke.held_by_name, broke.reason, broke.expires_at.isoformat()))
             ttl = timedelta(minutes=env.approval_ttl_minutes if state == RunState.pending_approval
                             else env.lock_ttl_minutes)
             locks.acquire(session, env_name, kind="run", run_id=run_id, held_by=actor.user_id,
                           held_by_name=actor.name, reason=f"{kind} {version}", ttl=ttl)
         subj = DeploySubject(version, image, current_image, strategy)
         run = Run(id=run_id, kind=kind, environment=env_name, subject=subj.to_json(), dry_run=dry_run, reason=reason,
-                  requested_by=actor.user_id, requested_name=actor.name, channel=env.channels.deploy, plan=plan,
+                  requested_by=actor.user_id, requested_name=actor.name, channel=env.channels.deploy,
+                  plan=plan.to_json(),
                   plan_hash=plan_hash(plan), approvals_required=required, state=state.value,
                   version_no=1, created_at=now, correlation_id=correlation_id,
                   expires_at=now + timedelta(minutes=env.approval_ttl_minutes)
                   if state == RunState.pending_approval else None)
         session.add(run)
-        for step in plan_steps(plan):
+        for step in plan.steps:
             session.add(RunStep(run_id=run_id, idx=step.idx, phase=Phase.main.value, kind=step.kind, name=step.name,
                                 status=StepStatus.pending.value, attempts=0, data={}))
         session.flush()
@@ -286,7 +289,7 @@ class DeployService:
             self.store.wake_after_commit(session)
             if run.kind != KIND:
                 return Reply(f"Aborting run {run.id}: undoing what it did.")
-            return Reply(f"Aborting run {run.id}: rolling back to {subject(run).previous_image}.")
+            return Reply(f"Aborting run {run.id}: rolling back to `{subject(run).previous_image}`.")
         raise Conflict(f"run {run.id} is {run.state}; there is nothing to abort")
 
     def tick(self, session: Session, *, actor: Actor, run_id: str, env_name: str, step_idx: int) -> Reply:
