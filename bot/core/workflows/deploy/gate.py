@@ -72,6 +72,11 @@ class AnalysisGate:
                 return reason
         return None
 
+    def unmeasured(self) -> str:
+        """"" or, for a result line, how many intervals had no metrics at all (they never pass a window)."""
+        errors = int(self.ctx.data.get("analysis_errors", 0))
+        return f"; {errors} interval(s) without metrics (Prometheus unreachable)" if errors else ""
+
     def run(self) -> AnalysisTracker:
         """Judge until the tracker decides (or the window ends); raises StepFailed on a rollback decision.
         Returns the tracker (decision "promote", or "continue" when the window ended without a failure)."""
@@ -100,6 +105,7 @@ class AnalysisGate:
         down = result.unreachable
         if down is not None:  # nothing could be read: an error, counted apart (consecutive limit)
             decision = tracker.record_error(down)
+            ctx.data["analysis_errors"] = int(ctx.data.get("analysis_errors", 0)) + 1  # saved just below
             ctx.audit("deploy.analysis", "error", **self.audit_args, decision=decision, cause=down,
                       consecutive=tracker.consecutive_errors)
             line = f"no analysis{self._at} — {down} ({tracker.consecutive_errors} of {tracker.error_limit} in a row)"

@@ -161,12 +161,13 @@ def monitor(ctx: StepContext) -> str | None:
     p = plan(ctx)
     seconds = float(ctx.spec.get("seconds", 900))
     interval = min(p.canary.interval_seconds if p.canary is not None else 30.0, max(1.0, seconds))
-    AnalysisGate(ctx=ctx, label="Monitoring", failing_as="monitoring window",
-                 checks=p.canary_checks(whole_service=True), variables=variables(ctx), interval=interval,
-                 window=seconds, limits=GateLimits(failure_limit=1, inconclusive_limit=None, error_limit=error_limit(p),
-                                                   intervals_required=None),
-                 audit_args={"window": "monitor"}, signals=analysis_signals(ctx)).run()
-    return f"watched {seconds:.0f}s: no check failed"
+    gate = AnalysisGate(ctx=ctx, label="Monitoring", failing_as="monitoring window",
+                        checks=p.canary_checks(whole_service=True), variables=variables(ctx), interval=interval,
+                        window=seconds, limits=GateLimits(failure_limit=1, inconclusive_limit=None,
+                                                          error_limit=error_limit(p), intervals_required=None),
+                        audit_args={"window": "monitor"}, signals=analysis_signals(ctx))
+    gate.run()
+    return f"watched {seconds:.0f}s: no check failed{gate.unmeasured()}"
 
 
 # --- rollout ----------------------------------------------------------------------------------------------

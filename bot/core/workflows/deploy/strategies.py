@@ -196,12 +196,13 @@ class BlueGreen:
             ctx.effect(f"selector:{ns}/{service}", f"Service {service} selector", original, copy_labels)
             ctx.save(switched=True, analysis="traffic on green; blue kept for instant switch back")
         window = bg.monitor_seconds
-        AnalysisGate(ctx=ctx, label="Green", failing_as="after the switch to green",
-                     checks=p.canary_checks(whole_service=True), variables=variables(ctx),
-                     interval=10.0, window=window, elapsed_key="watched",
-                     limits=GateLimits(failure_limit=1, inconclusive_limit=None, error_limit=error_limit(p),
-                                       intervals_required=None),
-                     audit_args={"window": "blue-green", "colour": "green"}, signals=analysis_signals(ctx)).run()
+        gate = AnalysisGate(ctx=ctx, label="Green", failing_as="after the switch to green",
+                            checks=p.canary_checks(whole_service=True), variables=variables(ctx),
+                            interval=10.0, window=window, elapsed_key="watched",
+                            limits=GateLimits(failure_limit=1, inconclusive_limit=None, error_limit=error_limit(p),
+                                              intervals_required=None),
+                            audit_args={"window": "blue-green", "colour": "green"}, signals=analysis_signals(ctx))
+        gate.run()
         # promote: blue takes the new version while green serves, then traffic goes home and green goes
         cluster.set_image(t.ref, p.image)
         wait_rollout(ctx, t.ref, t.deployment)
@@ -212,7 +213,8 @@ class BlueGreen:
             ctx.effect(f"selector:{ns}/{service}", f"Service {service} selector", copy_labels, original)
             record_image(ctx, p.previous_image, p.image)
             ctx.save(promoted=True, analysis="promoted")
-        return f"served from green for {window:.0f}s, then {t.deployment} updated in place and green removed"
+        return (f"served from green for {window:.0f}s{gate.unmeasured()}, then {t.deployment} updated in place "
+                "and green removed")
 
     def restore(self, ctx: StepContext, rollout_data: Mapping[str, Any]) -> list[str]:
         original = rollout_data.get("original_selector")
