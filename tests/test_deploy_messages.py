@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from bot.core.workflows.deploy.messages import step_line
+from bot.persistence.models import RunStep
 from tests.harness.slack_api import FakeSlack
 from tests.test_deploy_support import (  # noqa: F401  (fixtures)
     BOB,
@@ -142,3 +144,15 @@ def test_an_abort_is_called_an_abort(deployer: Deployer) -> None:
     assert "failed" not in (run.rollback_reason or "") and "aborted by <@U0BOB0002>" in (run.rollback_reason or "")
     text = deployer.message_text(run_id)
     assert text.count("aborted by") == 1, text
+    thread = [t for t in deployer.thread_texts(run_id) if "abort" in t]
+    assert len(thread) == 1 and "aborted by <@U0BOB0002> during “Roll out”" in thread[0], thread
+
+
+def test_a_long_result_is_cut_at_a_word_with_an_ellipsis() -> None:
+    """A step's result line longer than the message shows is cut between words, and says it was cut."""
+    words = " · ".join(f"check_{i}=0.{i:03d} ok" for i in range(60))
+    step = RunStep(run_id="r-1", idx=0, phase="main", kind="monitor", name="Monitoring window", status="done",
+                   detail=words, data={})
+    shown = step_line(step).split("\n")[1].strip().strip("_")
+    assert shown.endswith("…") and len(shown) <= 300
+    assert words.startswith(shown[:-1]) and words[len(shown) - 1] in " ·", shown[-20:]

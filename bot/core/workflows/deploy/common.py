@@ -12,6 +12,15 @@ POLL = 0.5
 CANARY_LABELS = {"version": "canary", "track": "canary"}
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, with an ellipsis when it was cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ·—,;(") + "…"
+
+
 def plan(ctx: StepContext) -> DeployPlan:
     """The run's typed plan (the deploy workflows hand handlers a `DeployPlan`)."""
     if not isinstance(ctx.plan, DeployPlan):

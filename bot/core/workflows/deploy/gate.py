@@ -22,6 +22,7 @@ from typing import Any
 
 from bot.core.analysis import AnalysisResult, AnalysisTracker, Check, analyse
 from bot.core.runs.context import StepContext, StepFailed
+from bot.core.workflows.deploy.common import clip
 
 Signal = Callable[[StepContext], str | None]
 
@@ -89,7 +90,7 @@ class AnalysisGate:
             reason = self.external_failure()
             if reason:
                 self.ctx.audit("deploy.analysis", "fail", **self.audit_args, decision="rollback", cause=reason)
-                self.ctx.save(**{self.elapsed_key: elapsed}, analysis=f"failed: {reason}"[:240])
+                self.ctx.save(**{self.elapsed_key: elapsed}, analysis=clip(f"failed: {reason}", 240))
                 raise StepFailed(f"{reason} → rolled back ({self.failing_as})")
             result = analyse(self.ctx.backends.metrics, self.checks, self.variables)
             self._judge(tracker, result, elapsed)
@@ -112,7 +113,7 @@ class AnalysisGate:
             if decision != "rollback":  # the rollback itself is said once, by the run's failure
                 ctx.note(f"{when}: *no analysis* — {down} ({tracker.consecutive_errors} of "
                          f"{tracker.error_limit} in a row)")
-            ctx.save(**{self.elapsed_key: elapsed}, tracker=tracker.to_dict(), analysis=line[:240])
+            ctx.save(**{self.elapsed_key: elapsed}, tracker=tracker.to_dict(), analysis=clip(line, 240))
             if decision == "rollback":
                 cause = down.split(": ", 1)[1] if ": " in down else down
                 raise StepFailed(f"{tracker.reason} → rolled back ({self.failing_as}; last error: {cause})")
@@ -122,7 +123,7 @@ class AnalysisGate:
         if decision != "rollback":
             ctx.note(f"{when}: *{result.verdict}* — {result.summary()}")
         ctx.save(**{self.elapsed_key: elapsed}, tracker=tracker.to_dict(),
-                 analysis=f"{result.verdict}{self._at} ({result.summary()})"[:240])
+                 analysis=clip(f"{result.verdict}{self._at} ({result.summary()})", 240))
         if decision == "rollback":
             failed = " · ".join(c.summary() for c in result.checks if c.verdict in ("fail", "error"))
             raise StepFailed(f"{self.failing_as}: {tracker.reason} — {failed or result.summary()}")

@@ -8,6 +8,7 @@ from typing import Any
 from bot import blocks
 from bot.core.model import Reply
 from bot.core.runs.states import Phase, RunState
+from bot.core.workflows.deploy.common import clip
 from bot.core.workflows.deploy.plan import describe_duration, plan_of, subject_of
 from bot.ids import ActionId, encode_value
 from bot.persistence.models import Approval, Run, RunStep
@@ -52,7 +53,7 @@ def step_line(step: RunStep, *, said: str | None = None) -> str:
     repeated = failed and said is not None and bool(step.detail) and (
         (step.detail or "").removeprefix("interrupted: ") in said)
     if step.detail and step.status in ("failed", "skipped", "done", "running") and not repeated:
-        line += f"\n      _{step.detail[:300]}_"
+        line += f"\n      _{clip(step.detail, 300)}_"
     return line
 
 

@@ -284,7 +284,7 @@ class DeployService:
             run.abort_requested_by = actor.user_id
             run.version_no += 1
             self.audit(session, run, actor, f"{prefix}.abort", "rollback_requested", state_before=state.value)
-            self.thread(session, run, f":octagonal_sign: {actor.label} aborted the run: rolling back.")
+            # the thread hears it once, from the engine: "Rolling back: aborted by … during “<step>”"
             self.refresh_message(session, run)
             self.store.wake_after_commit(session)
             if run.kind != KIND:
