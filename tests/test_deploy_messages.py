@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bot.core.runs.effects import Change
 from bot.core.workflows.deploy.messages import step_line
 from bot.persistence.models import RunStep
 from tests.harness.slack_api import FakeSlack
@@ -156,3 +157,10 @@ def test_a_long_result_is_cut_at_a_word_with_an_ellipsis() -> None:
     shown = step_line(step).split("\n")[1].strip().strip("_")
     assert shown.endswith("…") and len(shown) <= 300
     assert words.startswith(shown[:-1]) and words[len(shown) - 1] in " ·", shown[-20:]
+
+
+def test_an_image_left_behind_is_named_as_a_code_span() -> None:
+    """What a run left behind names images in backticks, like the rest of the message."""
+    change = Change("image:trading-prod/app", "app image", f"{IMAGE}:v2.2.0", f"{IMAGE}:v2.3")
+    assert change.describe() == f"app image: `{IMAGE}:v2.3` (was `{IMAGE}:v2.2.0`)"
+    assert Change("trading", "trading", "on", "stopped").describe() == "trading: stopped (was on)"
