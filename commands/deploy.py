@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from bot.blocks import user_text
 from bot.config import Config, Role
 from bot.core.model import Reply, person
+from bot.core.workflows.deploy.model import Strategy
 from bot.core.workflows.deploy.service import DeployService
 from bot.errors import UnknownEnvironment
 from bot.ids import ActionId
@@ -101,7 +102,7 @@ def _prefetch_deploy(cmd: Deploy, ctx: Ctx) -> str:
 def _run_deploy(cmd: Deploy, ctx: Ctx) -> Reply:
     env = _env_of(ctx, cmd.env)
     assert ctx.session is not None
-    strategy = cmd.strategy or ctx.core.config.environments[env].default_strategy
+    strategy = cast(Strategy, cmd.strategy or ctx.core.config.environments[env].default_strategy)  # both checked
     return _svc(ctx).request(ctx.session, actor=ctx.actor, channel_id=ctx.channel_id,
                              correlation_id=ctx.correlation_id, env_name=env, version=cmd.version,
                              strategy=strategy, dry_run=cmd.dry_run, reason=cmd.reason, force=cmd.force,

@@ -118,7 +118,7 @@ def test_prometheus_down_fails_safe(world: World, fake_slack: FakeSlack, tmp_pat
         wait_until(world.has_canary, 60, "the canary Deployment")
         world.prometheus.stop()
         wait_until(lambda: "Rolled back" in run_message_text(fake_slack), 90, "the fail-safe rollback")
-        assert "prometheus unreachable" in run_message_text(fake_slack)
+        assert "prometheus unreachable" in run_message_text(fake_slack).lower()
         assert world.image() == f"{IMAGE}:v2.2.0"
     finally:
         bot.stop()

@@ -14,7 +14,8 @@ KINDS = ["precheck", "trading_stop", "maintenance_on", "rollout", "health", "mai
 def run_with(statuses: dict[str, str]) -> tuple[Run, list[RunStep]]:
     plan: dict[str, Any] = {"steps": [{"kind": k, "name": k, "probes": []} for k in KINDS],
                             "rollout_timeout": 60, "strategy": "rolling"}
-    plan["previous_image"] = "img:v1"
+    plan.update(previous_image="img:v1", environment="production", version="v2", image="img:v2",
+                target={"namespace": "ns", "deployment": "app", "container": "app"})
     run = Run(id="r-1", kind="deploy", plan=plan,
               subject={"v": 1, "version": "v2", "image": "img:v2", "previous_image": "img:v1", "strategy": "rolling"})
     steps = [RunStep(run_id="r-1", idx=i, phase="main", kind=k, name=k, status=statuses.get(k, "pending"),

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from bot.config import Config
 from bot.core.runs.states import ACTIVE, TERMINAL, TRANSITIONS, RunState, check_transition
-from bot.core.workflows.deploy.plan import build_plan, plan_hash
+from bot.core.workflows.deploy.plan import DeployPlan, build_plan, plan_hash
 from bot.errors import Conflict, InvalidTransition
 from tests.test_deploy_support import OLD_IMAGE
 
@@ -58,7 +56,7 @@ def test_nothing_runs_without_passing_through_approval_or_the_queue() -> None:
                                                                             RunState.queued}
 
 
-def plan_for(config: Config, **changes: str) -> dict[str, Any]:
+def plan_for(config: Config, **changes: str) -> DeployPlan:
     args = {"version": "v2.3", "strategy": "canary", "requested_by": "U0ALICE01", **changes}
     return build_plan(env_name="production", env=config.environments["production"], current_image=OLD_IMAGE,
                       checks=[], reason=None, **args)  # type: ignore[arg-type]
@@ -78,6 +76,6 @@ def test_plan_hash_is_stable(example_config: Config) -> None:
 
 def test_canary_plan_keeps_trading_running(example_config: Config) -> None:
     """The default procedure stops trading only for rolling and blue-green deploys, not for a canary."""
-    kinds = [s["kind"] for s in plan_for(example_config)["steps"]]
-    rolling = [s["kind"] for s in plan_for(example_config, strategy="rolling")["steps"]]
+    kinds = [s.kind for s in plan_for(example_config).steps]
+    rolling = [s.kind for s in plan_for(example_config, strategy="rolling").steps]
     assert "trading_stop" not in kinds and "trading_stop" in rolling and "trading_resume" in rolling

@@ -249,3 +249,56 @@ def test_rollback_that_cannot_finish_keeps_the_lock_and_can_be_continued(flaky: 
     f.previous_state()
     with f.bot.container.db.read() as session:
         assert locks.current(session, "production") is None
+
+
+# --- the Istio router: the canary's share is a VirtualService weight ------------------------------------
+def canary_weight(f: Flaky) -> int:
+    routes = f.world.kube.virtual_service(NAMESPACE, DEPLOYMENT)["spec"]["http"][0]["route"]
+    return int(next((r["weight"] for r in routes if r["destination"]["subset"] == "canary"), 0))
+
+
+def istio(flaky: Callable[..., Flaky]) -> Flaky:
+    f = flaky(canary={"router": "istio"})
+    f.world.kube.add_virtual_service(NAMESPACE, DEPLOYMENT, DEPLOYMENT)
+    return f
+
+
+VS_FAULTS: dict[str, Callable[[World], None]] = {
+    "three 500s": lambda w: w.kube.error_next(3, 500, method="PATCH", path_contains="/virtualservices/"),
+    "two stalls past the timeout": lambda w: w.kube.delay_next(2, 2.5, method="PATCH",
+                                                               path_contains="/virtualservices/"),
+    "two dropped connections": lambda w: w.kube.drop_next(2, method="PATCH", path_contains="/virtualservices/"),
+}
+
+
+@pytest.mark.parametrize("fault", list(VS_FAULTS))
+def test_istio_canary_rides_out_faults_on_the_virtual_service(flaky: Callable[..., Flaky], fault: str) -> None:
+    """Transient faults on the VirtualService weight patches are retried: the canary is promoted, all traffic
+    is on stable (canary weight 0) and nothing is left behind."""
+    f = istio(flaky)
+    VS_FAULTS[fault](f.world)
+    run_id = f.deploy("--canary")
+    run = f.finish(run_id)
+    assert run.state == "succeeded", run.outcome
+    f.new_state()
+    assert canary_weight(f) == 0
+    assert "deploy.step.retry" in f.actions(run_id)
+
+
+def test_bad_istio_canary_rolls_back_exactly_through_faults(flaky: Callable[..., Flaky]) -> None:
+    """A failing Istio canary rolls back while the API answers 500s on the VirtualService and the canary's
+    deletion: the weight goes back to 0, the canary is removed, stable is as before."""
+    f = istio(flaky)
+    run_id = f.deploy("--canary")
+    _wait(lambda: f.world.has_canary() and canary_weight(f) == 50, 30, "the canary at 50 %")
+    f.world.kube.error_next(3, 500, method="PATCH", path_contains="/virtualservices/")
+    f.world.kube.error_next(2, 500, method="DELETE")
+    f.world.exporter.set(version="canary", error_rate=0.2)
+    try:
+        run = f.finish(run_id)
+    finally:
+        f.world.exporter.set(version="canary", error_rate=0.002)
+    assert run.state == "rolled_back", run.outcome
+    f.previous_state()
+    assert canary_weight(f) == 0
+    assert "still changed" not in (run.outcome or "") and "left behind" not in (run.outcome or "")

@@ -24,7 +24,7 @@ def legacy_plan(config_file: Path) -> dict[str, Any]:
     """A plan as 0002-era code stored it: no version, step fields flat in each step dict."""
     config = load_config(config_file)
     plan = build_plan(env_name="staging", env=config.environments["staging"], version="v2.3", strategy="rolling",
-                      current_image=OLD_IMAGE, checks=[], reason="legacy", requested_by="U0ALICE01")
+                      current_image=OLD_IMAGE, checks=[], reason="legacy", requested_by="U0ALICE01").to_json()
     plan.pop("v")
     plan["steps"] = [{"idx": s["idx"], "kind": s["kind"], "name": s["name"], "timeout": s["timeout"],
                       "estimate": s["estimate"], "on_resume": s["on_resume"], **s["params"]} for s in plan["steps"]]

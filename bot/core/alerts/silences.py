@@ -70,7 +70,7 @@ def minutes_of(value: dict[str, Any]) -> int:
     if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes not in ALLOWED_MINUTES:
         raise CommandError(f"{str(minutes)[:20]!r} is not one of the offered silence durations "
                            f"({', '.join(label for _, label in SILENCE_CHOICES)})")
-    return minutes
+    return int(minutes)
 
 
 @dataclass(frozen=True)

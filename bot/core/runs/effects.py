@@ -49,6 +49,10 @@ class Change:
     now: Any
 
     def describe(self) -> str:
+        if self.key.startswith("image:"):  # a code span: Slack would turn `registry.example.com/…` into a link
+            def shown(v: Any) -> str:
+                return f"`{v}`" if v is not None else show(v)
+            return f"{self.label}: {shown(self.now)} (was {shown(self.before)})"
         return f"{self.label}: {show(self.now)} (was {show(self.before)})"
 
 

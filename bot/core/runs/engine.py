@@ -336,10 +336,13 @@ class Executor:
                              phase=step.phase, detail=detail)
             self.store.refresh_message(session, live)
         if failure is not None and phase == Phase.main:
+            # an operator's abort is an abort, not a failure of the step it interrupted
+            reason = (f"{failure} during “{step.name}”" if (detail or "").startswith("interrupted: ")
+                      else f"“{step.name}” failed: {failure}")
             if workflow.compensates:
-                self._undo(run.id, f"“{step.name}” failed: {failure}")
+                self._undo(run.id, reason)
             else:  # nothing to undo (a safety action): the run failed, and says what it could not do
-                self._finish(run.id, RunState.failed, f"“{step.name}” failed: {failure}")
+                self._finish(run.id, RunState.failed, reason)
         # rollback phase: the loop sees the failed step and ends the run as failed
 
     def _call(self, ctx: StepContext, workflow: Workflow, run: Run,
@@ -515,8 +518,8 @@ class Executor:
                          "rollback." if workflow.takes_lock else "")
                 self.store.alert(session, run, f":rotating_light: {workflow.title(run)} FAILED and needs a person: "
                                                f"{outcome}{now}{after}")
-            elif state == RunState.rolled_back:
-                self.store.alert(session, run, f"{workflow.title(run)} rolled back: {run.rollback_reason}")
+            elif state == RunState.rolled_back:  # why was said when the rollback started: said once
+                self.store.alert(session, run, f"⏪ {workflow.title(run)}: {outcome} (took {took}).")
             else:
                 workflow_alert = workflow.final_alert(run, state)
                 if workflow_alert:

@@ -23,7 +23,7 @@ from bot.core.runs.workflow import Registry, Workflow
 from bot.errors import NotFound
 from bot.outbox import Outbox
 from bot.persistence.audit import AuditEntry, append
-from bot.persistence.models import Approval, Run, RunStep
+from bot.persistence.models import Approval, Run, RunStep, SlackMessage
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ def _tell(listeners: list[Callable[[str, str], None]], env: str, state: str) -> 
             listener(env, state)
         except Exception:  # noqa: BLE001 - a listener must never break the commit path
             log.exception("run state listener failed")
+
+
+def message_link(session: Session, run: Run) -> str | None:
+    """A link to the run's live message, built from where it was posted (no `chat.getPermalink` call):
+    `https://slack.com/archives/<channel>/p<ts without the dot>`, which Slack opens in the reader's
+    workspace. None while the message is not posted yet."""
+    row = session.get(SlackMessage, run_key(run.id))
+    if row is None or not row.ts:
+        return None
+    return f"https://slack.com/archives/{row.channel}/p{row.ts.replace('.', '')}"
 
 
 class RunStore:
@@ -86,10 +96,12 @@ class RunStore:
         self.outbox.post(session, run.channel, Reply(text, ephemeral=False), thread_key=run_key(run.id))
 
     def alert(self, session: Session, run: Run, text: str) -> None:
-        """A post in the environment's incident channel, naming and linking the run."""
+        """A post in the environment's incident channel, naming the run and linking its message."""
         channel = self.env(run.environment).channels.incident
         if channel:
-            self.outbox.alert(session, channel, Reply(text + f" (run `{run.id}`)", ephemeral=False))
+            link = message_link(session, run)
+            where = f" — <{link}|the run's message>" if link else f" — in <#{run.channel}>"
+            self.outbox.alert(session, channel, Reply(text + f" (run `{run.id}`){where}", ephemeral=False))
 
     def audit(self, session: Session, run: Run, actor: Actor | None, action: str, outcome: str,
               **args: Any) -> None:

@@ -21,6 +21,7 @@ from bot.config import Environment, StepSettings
 from bot.core.runs.context import StepContext, StepFailed, describe_duration
 from bot.core.runs.states import FINISHED
 from bot.core.runs.workflow import Handler
+from bot.core.workflows.deploy import common
 from bot.errors import CommandError
 from bot.persistence.models import Run
 from bot.timeutil import aware, utcnow
@@ -79,8 +80,9 @@ def manifest_of(run_id: str, plan: dict[str, Any]) -> dict[str, Any]:
 
 def db_rollback(ctx: StepContext) -> str | None:
     """Create the database rollback Job once, then follow it until it succeeds or fails."""
-    ns = ctx.plan["target"]["namespace"]
-    manifest = manifest_of(ctx.run_id, ctx.plan)
+    typed = common.plan(ctx)
+    ns = typed.target.namespace
+    manifest = manifest_of(ctx.run_id, typed.to_json())  # its PLAN_KEY part is kept in the plan's `extra`
     name = manifest["metadata"]["name"]
     cluster = ctx.backends.cluster
     if not ctx.data.get("created"):

@@ -8,7 +8,8 @@ from typing import Any
 from bot import blocks
 from bot.core.model import Reply, person
 from bot.core.runs.states import Phase, RunState
-from bot.core.workflows.deploy.plan import describe_duration, subject_of
+from bot.core.workflows.deploy.common import clip
+from bot.core.workflows.deploy.plan import describe_duration, plan_of, subject_of
 from bot.ids import ActionId, encode_value
 from bot.persistence.models import Approval, Run, RunStep
 from bot.timeutil import aware, utcnow
@@ -35,18 +36,24 @@ def _duration(step: RunStep) -> str:
     return f" ({describe_duration(((end or utcnow()) - start).total_seconds())})"
 
 
-def step_line(step: RunStep) -> str:
+def step_line(step: RunStep, *, said: str | None = None) -> str:
+    """One step: icon, name, duration, the canary's weight and latest verdict while it runs, the result.
+    `said`: text shown elsewhere in the message (why it rolled back); a failure it already gives is not
+    repeated under the step."""
     icon = ICONS.get(step.status, "•")
     if step.kind == "checklist" and step.status == "running":
         icon = ICONS["waiting"]
     line = f"{icon} {step.name}{_duration(step)}"
     data = step.data or {}
+    failed = step.status == "failed"
     if step.kind == "rollout" and data.get("weight") is not None and step.status == "running":
         line += f" — canary at *{data['weight']}%*"
-    if data.get("analysis"):
+    if data.get("analysis") and not failed:  # a failed step's detail says how its analysis ended
         line += f" — analysis: {data['analysis']}"
-    if step.detail and step.status in ("failed", "skipped", "done", "running"):
-        line += f"\n      _{step.detail[:300]}_"
+    repeated = failed and said is not None and bool(step.detail) and (
+        (step.detail or "").removeprefix("interrupted: ") in said)
+    if step.detail and step.status in ("failed", "skipped", "done", "running") and not repeated:
+        line += f"\n      _{clip(step.detail, 300)}_"
     return line
 
 
@@ -57,7 +64,7 @@ def _who(user_id: str | None, name: str | None) -> str:
 def render_run(run: Run, steps: list[RunStep], approvals: list[Approval], *, title: str | None = None,
                footer: str | None = None) -> Reply:
     state = RunState(run.state)
-    plan: dict[str, Any] = run.plan
+    plan = plan_of(run)
     subj = subject_of(run)
     title = title or f"Deploy {subj.version} → {run.environment} ({subj.strategy})"
     facts = [
@@ -69,27 +76,27 @@ def render_run(run: Run, steps: list[RunStep], approvals: list[Approval], *, tit
          + (": " + ", ".join(_who(a.user_id, a.user_name) for a in approvals) if approvals else "")
          + (f" — approvers other than the requester; window ends {when(run.expires_at)}"
             if state == RunState.pending_approval and run.expires_at else "")),
-        ("ETA", describe_duration(plan.get("eta_seconds", 0))),
+        *_timing(state, plan.eta_seconds),
     ]
     body: list[blocks.Block] = [blocks.header(title), blocks.fields(facts)]
     if run.reason:
         body.append(blocks.context(f"Reason: {blocks.user_text(run.reason)}"))
     deploy_steps = [s for s in steps if s.phase == Phase.main.value]
     rollback_steps = [s for s in steps if s.phase == Phase.rollback.value]
-    body.append(blocks.section("*Steps*\n" + "\n".join(step_line(s) for s in deploy_steps)))
+    said = run.rollback_reason
+    body.append(blocks.section("*Steps*\n" + "\n".join(step_line(s, said=said) for s in deploy_steps)))
     if rollback_steps:
-        body.append(blocks.section("*Rollback*\n" + "\n".join(step_line(s) for s in rollback_steps)))
-    if subj.strategy == "canary" and plan.get("canary"):
-        c = plan["canary"]
-        checks = ", ".join(f"{k['name']} {k['op']} {k['threshold']:g}{k.get('unit', '')} fails"
-                           for k in plan.get("checks", []))
+        body.append(blocks.section("*Rollback*\n" + "\n".join(step_line(s, said=said) for s in rollback_steps)))
+    if subj.strategy == "canary" and plan.canary is not None:
+        c = plan.canary
+        checks = ", ".join(f"{k.name} {k.op} {k.threshold:g}{k.unit} fails" for k in plan.checks)
         body.append(blocks.context(
-            f"Canary ({c['router']}): {' → '.join(f'{w}%' for w in c['steps'])}, analysis every "
-            f"{c['interval_seconds']:g}s × {c['intervals_per_step']} per step; roll back after {c['failure_limit']} "
-            f"failed or {c['inconclusive_limit']} inconclusive result(s). Checks: {checks}"))
+            f"Canary ({c.router}): {' → '.join(f'{w}%' for w in c.steps)}, analysis every "
+            f"{c.interval_seconds:g}s × {c.intervals_per_step} per step; roll back after {c.failure_limit} "
+            f"failed or {c.inconclusive_limit} inconclusive result(s). Checks: {checks}"))
     if run.rollback_reason:
         body.append(blocks.section(f"*Why it rolled back:* {run.rollback_reason}"))
-    if state in (RunState.succeeded, RunState.rolled_back, RunState.failed, RunState.aborted, RunState.expired):
+    if state in FINISHED:
         body.append(blocks.context(_summary(run, approvals)))
     buttons = _buttons(run, state, deploy_steps)
     if buttons:
@@ -108,9 +115,18 @@ def _summary(run: Run, approvals: list[Approval]) -> str:
                 else "no approval needed" if run.approvals_required == 0 else "not approved")
     text = (f"Summary: requested by {_who(run.requested_by, run.requested_name)}, {approved}, "
             f"took {took}, outcome: {run.outcome or run.state}")
-    if run.abort_requested_by:
+    if run.abort_requested_by and "aborted by" not in (run.rollback_reason or "") + (run.outcome or ""):
         text += f", aborted by <@{run.abort_requested_by}>"
     return text
+
+
+FINISHED = (RunState.succeeded, RunState.rolled_back, RunState.failed, RunState.aborted, RunState.expired)
+
+
+def _timing(state: RunState, eta_seconds: int) -> list[tuple[str, str]]:
+    """The estimate while the run is to come or under way; once it is over the summary says how long it
+    really took, so the estimate goes."""
+    return [] if state in FINISHED else [("ETA", describe_duration(eta_seconds))]
 
 
 def _buttons(run: Run, state: RunState, steps: list[RunStep]) -> list[dict[str, Any]]:
@@ -129,12 +145,12 @@ def _buttons(run: Run, state: RunState, steps: list[RunStep]) -> list[dict[str, 
             out.append(blocks.button(f"Tick: {step.name}"[:75], ActionId.deploy_tick,
                                      encode_value({**value, "step": step.idx})))
     if state in (RunState.pending_approval, RunState.queued, RunState.running) and not run.abort_requested_by:
-        confirm = None
+        abort_confirm: tuple[str, str] | None = None
         if state == RunState.running:
-            confirm = ("Abort and roll back?", f"This stops {subj.version} in {run.environment} and rolls back "
-                       f"to {subj.previous_image}.")
+            abort_confirm = ("Abort and roll back?", f"This stops {subj.version} in {run.environment} and rolls "
+                             f"back to {subj.previous_image}.")
         out.append(blocks.button("Abort", ActionId.deploy_abort, encode_value(value), style="danger",
-                                 confirm=confirm))
+                                 confirm=abort_confirm))
     return out
 
 

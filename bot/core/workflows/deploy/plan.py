@@ -9,12 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from bot.config import CheckSettings, Environment, StepSettings
 from bot.core.runs.context import describe_duration
 from bot.core.runs.spec import OnResume, StepSpec
+from bot.core.workflows.deploy.model import (
+    BlueGreenPlan,
+    CanaryPlan,
+    CheckSpec,
+    DeployPlan,
+    DeploySubject,
+    LiftedFreeze,
+    Strategy,
+    Target,
+)
 
 PLAN_VERSION = 1
 
@@ -22,24 +32,29 @@ DEFAULT_TIMEOUTS = {"checklist": 1800.0, "precheck": 60.0, "trading_stop": 60.0,
                     "maintenance_off": 60.0, "health": 120.0}
 
 
+def _step(**fields: Any) -> StepSettings:
+    """A procedure step, validated like one read from the config."""
+    return StepSettings.model_validate(fields)
+
+
 def default_procedure(env: Environment) -> list[StepSettings]:
-    steps = [StepSettings(kind="checklist", name="Stakeholders notified",
+    steps = [_step(kind="checklist", name="Stakeholders notified",
                           text="Stakeholders notified of the deployment window (runbook 1.4 / 5.1)"),
-             StepSettings(kind="precheck", name="Pre-checks")]
+             _step(kind="precheck", name="Pre-checks")]
     if env.stop_trading:
-        steps += [StepSettings(kind="trading_stop", name="Stop trading gracefully",
+        steps += [_step(kind="trading_stop", name="Stop trading gracefully",
                                strategies=["rolling", "blue-green"]),
-                  StepSettings(kind="maintenance_on", name="Maintenance mode on", strategies=["rolling", "blue-green"])]
-    steps += [StepSettings(kind="job", name=f"Database {job.name}", job=job.name) for job in env.jobs]
-    steps.append(StepSettings(kind="rollout", name="Roll out"))
-    steps.append(StepSettings(kind="health", name="Health checks and smoke tests"))
+                  _step(kind="maintenance_on", name="Maintenance mode on", strategies=["rolling", "blue-green"])]
+    steps += [_step(kind="job", name=f"Database {job.name}", job=job.name) for job in env.jobs]
+    steps.append(_step(kind="rollout", name="Roll out"))
+    steps.append(_step(kind="health", name="Health checks and smoke tests"))
     if env.stop_trading:
-        steps += [StepSettings(kind="maintenance_off", name="Maintenance mode off",
+        steps += [_step(kind="maintenance_off", name="Maintenance mode off",
                                strategies=["rolling", "blue-green"]),
-                  StepSettings(kind="trading_resume", name="Resume trading gradually",
+                  _step(kind="trading_resume", name="Resume trading gradually",
                                strategies=["rolling", "blue-green"])]
     if env.monitor_seconds > 0:
-        steps.append(StepSettings(kind="monitor", name="Monitoring window", seconds=env.monitor_seconds))
+        steps.append(_step(kind="monitor", name="Monitoring window", seconds=env.monitor_seconds))
     return steps
 
 
@@ -47,20 +62,20 @@ def rollback_procedure(env: Environment, *, with_db: bool = False) -> list[StepS
     """Runbook 8.2: stop trading, maintenance on, roll the application back, (with_db) roll the database
     back, verify, maintenance off, resume trading gradually (the incident channel is told when the run
     starts and ends)."""
-    steps = [StepSettings(kind="precheck", name="Pre-checks")]
+    steps = [_step(kind="precheck", name="Pre-checks")]
     if env.stop_trading:
-        steps += [StepSettings(kind="trading_stop", name="Stop trading (runbook 8.2 step 1)"),
-                  StepSettings(kind="maintenance_on", name="Maintenance mode on")]
-    steps.append(StepSettings(kind="rollout", name="Roll the application back (runbook 8.2 step 2)"))
+        steps += [_step(kind="trading_stop", name="Stop trading (runbook 8.2 step 1)"),
+                  _step(kind="maintenance_on", name="Maintenance mode on")]
+    steps.append(_step(kind="rollout", name="Roll the application back (runbook 8.2 step 2)"))
     if with_db:
         from bot.core.workflows.deploy.db_rollback import procedure_step
 
         steps.append(procedure_step(env))
-    steps.append(StepSettings(kind="health", name="Verify: health checks and smoke tests (runbook 8.2 step 4)"))
+    steps.append(_step(kind="health", name="Verify: health checks and smoke tests (runbook 8.2 step 4)"))
     if env.stop_trading:
         resume = next((s for s in env.procedure or default_procedure(env) if s.kind == "trading_resume"), None)
-        steps += [StepSettings(kind="maintenance_off", name="Maintenance mode off"),
-                  StepSettings(kind="trading_resume", name="Resume trading gradually (runbook 8.2 step 5)",
+        steps += [_step(kind="maintenance_off", name="Maintenance mode off"),
+                  _step(kind="trading_resume", name="Resume trading gradually (runbook 8.2 step 5)",
                                fractions=resume.fractions if resume else [0.25, 0.5, 1.0],
                                pause_seconds=resume.pause_seconds if resume else 60.0)]
     return steps
@@ -75,104 +90,86 @@ def _rollout_estimate(env: Environment, strategy: str) -> float:
     return 90
 
 
-def build_plan(*, env_name: str, env: Environment, version: str, strategy: str, current_image: str,
+def _step_spec(idx: int, spec: StepSettings, env: Environment, strategy: str) -> StepSpec:
+    """One procedure step as the plan fixes it: its parameters, timeout and estimate."""
+    kind = spec.kind
+    params: dict[str, Any] = {}
+    timeout: float | None = None
+    estimate = 5.0
+    if kind == "checklist":
+        params.update(text=spec.text, role=spec.role.value, blocking=spec.blocking)
+        estimate = 60.0 if spec.blocking else 0.0
+    elif kind == "job":
+        job = {j.name: j for j in env.jobs}[spec.job or ""]
+        params.update(job=job.name, template=job.template)
+        timeout = spec.timeout_seconds or job.timeout_seconds
+        estimate = min(60.0, job.timeout_seconds / 10)
+    elif kind == "rollout":
+        params["strategy"] = strategy
+        estimate = _rollout_estimate(env, strategy)
+        timeout = spec.timeout_seconds or estimate * 2 + env.rollout_timeout_seconds
+    elif kind == "health":
+        params["probes"] = [p.model_dump() for p in env.probes]
+        estimate = 15.0
+    elif kind == "trading_resume":
+        params.update(fractions=spec.fractions, pause_seconds=spec.pause_seconds)
+        estimate = spec.pause_seconds * max(0, len(spec.fractions) - 1) + 5
+        timeout = spec.timeout_seconds or estimate + 120
+    elif kind == "monitor":
+        params["seconds"] = spec.seconds
+        estimate = spec.seconds
+        timeout = spec.timeout_seconds or spec.seconds + 120
+    timeout = timeout or spec.timeout_seconds or DEFAULT_TIMEOUTS.get(kind, 300.0)
+    return StepSpec(idx=idx, kind=kind, name=spec.name or kind.replace("_", " "), timeout=float(timeout),
+                    estimate=float(estimate), on_resume=OnResume(spec.on_resume or OnResume.proceed.value),
+                    params=params)
+
+
+def build_plan(*, env_name: str, env: Environment, version: str, strategy: Strategy, current_image: str,
                checks: list[CheckSettings], reason: str | None, requested_by: str,
-               procedure: list[StepSettings] | None = None) -> dict[str, Any]:
-    image = f"{env.image}:{version}"
-    jobs = {j.name: j for j in env.jobs}
-    steps: list[dict[str, Any]] = []
+               procedure: list[StepSettings] | None = None) -> DeployPlan:
+    steps: list[StepSpec] = []
     for spec in procedure or env.procedure or default_procedure(env):
-        if spec.strategies and strategy not in spec.strategies:
-            continue
-        kind = spec.kind
-        step: dict[str, Any] = {}
-        if kind == "checklist":
-            step.update(text=spec.text, role=spec.role.value, blocking=spec.blocking)
-            estimate = 60.0 if spec.blocking else 0.0
-        elif kind == "job":
-            job = jobs[spec.job or ""]
-            step.update(job=job.name, template=job.template)
-            step["timeout"] = spec.timeout_seconds or job.timeout_seconds
-            estimate = min(60.0, job.timeout_seconds / 10)
-        elif kind == "rollout":
-            step["strategy"] = strategy
-            estimate = _rollout_estimate(env, strategy)
-            step["timeout"] = spec.timeout_seconds or estimate * 2 + env.rollout_timeout_seconds
-        elif kind == "health":
-            step["probes"] = [p.model_dump() for p in env.probes]
-            estimate = 15.0
-        elif kind == "trading_resume":
-            step.update(fractions=spec.fractions, pause_seconds=spec.pause_seconds)
-            estimate = spec.pause_seconds * max(0, len(spec.fractions) - 1) + 5
-            step["timeout"] = spec.timeout_seconds or estimate + 120
-        elif kind == "monitor":
-            step["seconds"] = spec.seconds
-            estimate = spec.seconds
-            step["timeout"] = spec.timeout_seconds or spec.seconds + 120
-        else:
-            estimate = 5.0
-        timeout = step.pop("timeout", None) or spec.timeout_seconds or DEFAULT_TIMEOUTS.get(kind, 300.0)
-        steps.append(StepSpec(idx=len(steps), kind=kind, name=spec.name or kind.replace("_", " "),
-                              timeout=float(timeout), estimate=float(estimate),
-                              on_resume=OnResume(spec.on_resume or OnResume.proceed.value), params=step))
-    plan: dict[str, Any] = {
-        "v": PLAN_VERSION,
-        "environment": env_name,
-        "version": version,
-        "image": image,
-        "previous_image": current_image,
-        "strategy": strategy,
-        "target": {"namespace": env.namespace, "deployment": env.deployment, "container": env.container},
-        "approvals_required": env.approvals_required,
-        "requested_by": requested_by,
-        "reason": reason,
-        "steps": [st.to_json() for st in steps],
-        "checks": [c.model_dump() for c in checks],
-        "eta_seconds": math.ceil(sum(st.estimate for st in steps)),
-        "rollout_timeout": env.rollout_timeout_seconds,
-    }
-    if strategy == "canary":
-        plan["canary"] = env.canary.model_dump()
-    if strategy == "blue-green":
-        plan["blue_green"] = env.blue_green.model_dump()
-    return plan
+        if not spec.strategies or strategy in spec.strategies:
+            steps.append(_step_spec(len(steps), spec, env, strategy))
+    c, bg = env.canary, env.blue_green
+    return DeployPlan(
+        environment=env_name, version=version, image=f"{env.image}:{version}", previous_image=current_image,
+        strategy=strategy, target=Target(env.namespace, env.deployment, env.container), steps=tuple(steps),
+        approvals_required=env.approvals_required, requested_by=requested_by, reason=reason,
+        checks=tuple(CheckSpec(k.name, k.query, k.op, k.threshold, k.unit) for k in checks),
+        eta_seconds=math.ceil(sum(st.estimate for st in steps)), rollout_timeout=env.rollout_timeout_seconds,
+        canary=CanaryPlan(router=c.router, steps=tuple(c.steps), virtual_service=c.virtual_service, host=c.host,
+                          stable_subset=c.stable_subset, canary_subset=c.canary_subset,
+                          interval_seconds=c.interval_seconds, intervals_per_step=c.intervals_per_step,
+                          failure_limit=c.failure_limit, inconclusive_limit=c.inconclusive_limit,
+                          error_limit=c.error_limit) if strategy == "canary" else None,
+        blue_green=BlueGreenPlan(bg.service, bg.label, bg.monitor_seconds) if strategy == "blue-green" else None,
+    )
 
 
-def plan_hash(plan: dict[str, Any]) -> str:
-    blob = json.dumps(plan, sort_keys=True, separators=(",", ":"), default=str)
+def plan_hash(plan: DeployPlan | Mapping[str, Any]) -> str:
+    """The hash approvals are bound to: of the plan's stored JSON (any workflow's plan)."""
+    data = plan.to_json() if isinstance(plan, DeployPlan) else plan
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def plan_steps(plan: dict[str, Any]) -> list[StepSpec]:
+def plan_of(run: Any) -> DeployPlan:
+    """The typed plan of a deploy or rollback run (a `bot.persistence.models.Run`; its `plan` is JSON)."""
+    return DeployPlan.from_json(run.plan)
+
+
+def plan_steps(plan: DeployPlan | Mapping[str, Any]) -> list[StepSpec]:
     """The plan's steps, typed (plans stored before version 1 hold unversioned step dicts)."""
-    return [StepSpec.from_json(raw, idx=i) for i, raw in enumerate(plan.get("steps") or [])]
-
-
-__all__ = ["build_plan", "default_procedure", "describe_duration", "plan_hash", "plan_steps"]
-
-
-@dataclass(frozen=True)
-class DeploySubject:
-    """What a deploy run is about (stored as `runs.subject`, versioned JSON)."""
-
-    VERSION = 1
-
-    version: str
-    image: str
-    previous_image: str | None
-    strategy: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"v": self.VERSION, "version": self.version, "image": self.image,
-                "previous_image": self.previous_image, "strategy": self.strategy}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DeploySubject:
-        if data.get("v") != cls.VERSION:
-            raise ValueError(f"unsupported deploy subject version {data.get('v')!r}")
-        return cls(str(data["version"]), str(data["image"]), data.get("previous_image"), str(data["strategy"]))
+    return list((plan if isinstance(plan, DeployPlan) else DeployPlan.from_json(plan)).steps)
 
 
 def subject_of(run: Any) -> DeploySubject:
     """The typed subject of a deploy run (a `bot.persistence.models.Run`)."""
     return DeploySubject.from_json(run.subject)
+
+
+__all__ = ["BlueGreenPlan", "CanaryPlan", "CheckSpec", "DeployPlan", "DeploySubject", "LiftedFreeze", "Target",
+           "build_plan", "default_procedure", "describe_duration", "plan_hash", "plan_of", "plan_steps",
+           "rollback_procedure", "subject_of"]

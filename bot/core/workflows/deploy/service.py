@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -24,8 +25,10 @@ from bot.core.rbac import Authorizer
 from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
 from bot.core.workflows.deploy import db_rollback
+from bot.core.workflows.deploy.model import Strategy
 from bot.core.workflows.deploy.plan import (
     DeploySubject,
+    LiftedFreeze,
     build_plan,
     describe_duration,
     plan_hash,
@@ -91,7 +94,7 @@ class DeployService:
 
     # --- /deploy ------------------------------------------------------------------------------------
     def request(self, session: Session, *, actor: Actor, channel_id: str | None, correlation_id: str,
-                env_name: str, version: str, strategy: str, dry_run: bool, reason: str | None,
+                env_name: str, version: str, strategy: Strategy, dry_run: bool, reason: str | None,
                 force: bool, current_image: str | None = None, kind: str = KIND,
                 procedure: list[StepSettings] | None = None, approvals: int | None = None,
                 extra_plan: dict[str, Any] | None = None) -> Reply:
@@ -106,8 +109,8 @@ class DeployService:
         plan = build_plan(env_name=env_name, env=env, version=version, strategy=strategy,
                           current_image=current_image, checks=checks, reason=reason, requested_by=actor.user_id,
                           procedure=procedure)
-        plan["approvals_required"] = required
-        plan.update(extra_plan or {})  # e.g. /rollback --with-db's Job: hashed, so approvals cover it
+        # extra_plan: e.g. /rollback --with-db's Job: kept in the plan's extra part, hashed, so approvals cover it
+        plan = replace(plan, approvals_required=required, extra={**plan.extra, **(extra_plan or {})})
         run_id = "r-" + secrets.token_hex(4)
         now = utcnow()
         if dry_run:
@@ -121,23 +124,23 @@ class DeployService:
             holder = locks.current(session, env_name)
             if holder is not None and holder.kind == "freeze" and force:
                 broke = locks.force_release(session, env_name)
-                plan["lifted_freeze"] = {"held_by": broke.held_by if broke else None,
-                                         "held_by_name": broke.held_by_name if broke else None,
-                                         "reason": broke.reason if broke else None,
-                                         "expires_at": broke.expires_at.isoformat() if broke else None}
+                if broke is not None:
+                    plan = replace(plan, lifted_freeze=LiftedFreeze(
+                        broke.held_by, broke.held_by_name, broke.reason, broke.expires_at.isoformat()))
             ttl = timedelta(minutes=env.approval_ttl_minutes if state == RunState.pending_approval
                             else env.lock_ttl_minutes)
             locks.acquire(session, env_name, kind="run", run_id=run_id, held_by=actor.user_id,
                           held_by_name=actor.name, reason=f"{kind} {version}", ttl=ttl)
         subj = DeploySubject(version, image, current_image, strategy)
         run = Run(id=run_id, kind=kind, environment=env_name, subject=subj.to_json(), dry_run=dry_run, reason=reason,
-                  requested_by=actor.user_id, requested_name=actor.name, channel=env.channels.deploy, plan=plan,
+                  requested_by=actor.user_id, requested_name=actor.name, channel=env.channels.deploy,
+                  plan=plan.to_json(),
                   plan_hash=plan_hash(plan), approvals_required=required, state=state.value,
                   version_no=1, created_at=now, correlation_id=correlation_id,
                   expires_at=now + timedelta(minutes=env.approval_ttl_minutes)
                   if state == RunState.pending_approval else None)
         session.add(run)
-        for step in plan_steps(plan):
+        for step in plan.steps:
             session.add(RunStep(run_id=run_id, idx=step.idx, phase=Phase.main.value, kind=step.kind, name=step.name,
                                 status=StepStatus.pending.value, attempts=0, data={}))
         session.flush()
@@ -168,7 +171,7 @@ class DeployService:
                          once_posted=(run_key(run_id), f"Plan for {what} is now posted{posted_in} (run `{run_id}`); it "
                                       f"needs {required} approval(s) from approvers other than you by {until}."))
         if kind != KIND:
-            at_once = f" at once, without approval: {plan['immediate']}" if plan.get("immediate") else ""
+            at_once = f" at once, without approval: {plan.extra['immediate']}" if plan.extra.get("immediate") else ""
             return Reply(f"Rolling {env_name} back to {version}{at_once} (run `{run_id}`); "
                          f"follow it{where or ' in the channel'}.")
         return Reply(f"Deploying {version} → {env_name} (run `{run_id}`); follow it{where or ' in the channel'}.")
@@ -297,12 +300,12 @@ class DeployService:
             run.abort_requested_by = actor.user_id
             run.version_no += 1
             self.audit(session, run, actor, f"{prefix}.abort", "rollback_requested", state_before=state.value)
-            self.thread(session, run, f":octagonal_sign: {actor.label} aborted the run: rolling back.")
+            # the thread hears it once, from the engine: "Rolling back: aborted by … during “<step>”"
             self.refresh_message(session, run)
             self.store.wake_after_commit(session)
             if run.kind != KIND:
                 return Reply(f"Aborting run {run.id}: undoing what it did.")
-            return Reply(f"Aborting run {run.id}: rolling back to {subject(run).previous_image}.")
+            return Reply(f"Aborting run {run.id}: rolling back to `{subject(run).previous_image}`.")
         raise Conflict(f"run {run.id} is {run.state}; there is nothing to abort")
 
     def tick(self, session: Session, *, actor: Actor, run_id: str, env_name: str, step_idx: int) -> Reply:

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from bot.config import Config, Role
 from bot.core import checklists, locks
 from bot.core.model import Reply
-from bot.core.ports import EnvBackends, WorkloadRef
+from bot.core.ports import EnvBackends
 from bot.core.runs.effects import Change, from_steps, left_changed
 from bot.core.runs.spec import RetryPolicy, StepSpec
 from bot.core.runs.states import Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
 from bot.core.runs.workflow import MAIN_RETRY, ROLLBACK_RETRY, Handler
 from bot.core.workflows.deploy import steps as deploy_steps
+from bot.core.workflows.deploy.gate import Signal
 from bot.core.workflows.deploy.messages import render_run
-from bot.core.workflows.deploy.plan import plan_steps, subject_of
+from bot.core.workflows.deploy.plan import DeployPlan, plan_of, subject_of
+from bot.core.workflows.deploy.strategies import strategy_of
 from bot.errors import ChatOpsError
 from bot.persistence.models import Approval, Run, RunStep
 from bot.timeutil import utcnow
@@ -39,12 +40,15 @@ class DeployWorkflow:
         self.backends = backends
         self.store: RunStore | None = None  # set by the composition root (messages to the freezer)
         self.handlers: Mapping[str, Handler] = {**deploy_steps.HANDLERS, **deploy_steps.ROLLBACK_HANDLERS}
+        #: external reasons to fail a running analysis at once, asked every interval by every analysis gate
+        #: (canary steps, monitoring window, blue-green watch): `(ctx) -> reason | None` (see `gate`)
+        self.analysis_signals: list[Signal] = []
 
-    def plan_of(self, run: Run) -> Any:
-        return run.plan
+    def plan_of(self, run: Run) -> DeployPlan:
+        return plan_of(run)
 
     def main_spec(self, run: Run, idx: int) -> StepSpec:
-        return plan_steps(run.plan)[idx]
+        return plan_of(run).steps[idx]
 
     def compensation(self, run: Run, steps: Sequence[RunStep]) -> list[StepSpec]:
         return deploy_steps.rollback_plan(run, list(steps))
@@ -74,7 +78,7 @@ class DeployWorkflow:
         if not rollback:
             text = "stopped before anything in the cluster changed"
         else:
-            text = f"rolled back to {subject_of(run).previous_image}"
+            text = f"rolled back to `{subject_of(run).previous_image}`"
         return text + (f"; still changed: {'; '.join(c.describe() for c in left)}" if left else "")
 
     def inspect(self, run: Run) -> list[str]:
@@ -84,10 +88,9 @@ class DeployWorkflow:
             backends = (self.store.backends if self.store is not None else self.backends)(run.environment)
         except Exception as exc:  # noqa: BLE001 - a report, never a crash
             return [f"backends unknown: {exc}"]
-        t = run.plan["target"]
-        ref = WorkloadRef(t["namespace"], t["deployment"], t["container"])
+        plan = plan_of(run)
+        t = plan.target
         cluster = backends.cluster
-        subj = subject_of(run)
 
         def part(label: str, read: Callable[[], str]) -> None:
             try:
@@ -97,17 +100,10 @@ class DeployWorkflow:
             except Exception as exc:  # noqa: BLE001
                 out.append(f"{label}: unknown ({type(exc).__name__})")
 
-        part(f"{t['deployment']} image", lambda: cluster.current_image(ref))
-        part(f"{t['deployment']} replicas", lambda: str(cluster.replicas(t["namespace"], t["deployment"])))
-        if subj.strategy == "canary":
-            name = f"{t['deployment']}-canary"
-            part(f"{name} replicas", lambda: str(cluster.replicas(t["namespace"], name)))
-        if subj.strategy == "blue-green":
-            service = (run.plan.get("blue_green") or {}).get("service") or t["deployment"]
-            part(f"Service {service} selector", lambda: ",".join(
-                f"{k}={v}" for k, v in sorted(cluster.service_selector(t["namespace"], service).items())))
-            name = f"{t['deployment']}-green"
-            part(f"{name} replicas", lambda: str(cluster.replicas(t["namespace"], name)))
+        part(f"{t.deployment} image", lambda: f"`{cluster.current_image(t.ref)}`")
+        part(f"{t.deployment} replicas", lambda: str(cluster.replicas(t.namespace, t.deployment)))
+        for label, read in strategy_of(plan).inspect(plan, cluster):
+            part(label, read)
 
         def trading() -> str:
             st = backends.trading.status()
@@ -121,11 +117,11 @@ class DeployWorkflow:
 
     def finished(self, session: Session, run: Run, state: RunState, left: Sequence[Change]) -> None:
         """A forced deploy lifted a freeze: put the freeze back (if it has not expired) and tell its holder."""
-        lifted = run.plan.get("lifted_freeze")
-        if not lifted or state in (RunState.dry_run,) or self.store is None:
+        lifted = plan_of(run).lifted_freeze
+        if lifted is None or state in (RunState.dry_run,) or self.store is None:
             return
-        until = datetime.fromisoformat(lifted["expires_at"]) if lifted.get("expires_at") else None
-        who = lifted.get("held_by") or "?"
+        until = datetime.fromisoformat(lifted.expires_at) if lifted.expires_at else None
+        who = lifted.held_by or "?"
         if state == RunState.failed:
             note = (f"<@{who}>: your freeze of {run.environment} was lifted by run `{run.id}` (forced), which failed; "
                     "the environment stays locked by that run.")
@@ -134,7 +130,7 @@ class DeployWorkflow:
                     "expired meanwhile; it was not restored.")
         else:
             locks.acquire(session, run.environment, kind="freeze", run_id=None, held_by=who,
-                          held_by_name=lifted.get("held_by_name"), reason=lifted.get("reason"),
+                          held_by_name=lifted.held_by_name, reason=lifted.reason,
                           ttl=max(timedelta(seconds=1), until - utcnow()))
             note = (f"<@{who}>: your freeze of {run.environment} was lifted for forced run `{run.id}` and is "
                     f"restored now (until {until.strftime('%H:%M UTC')}).")
