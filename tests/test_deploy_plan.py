@@ -124,7 +124,7 @@ def test_second_deploy_while_a_run_holds_the_lock_names_holder_time_and_run(depl
     """A /deploy while another run holds the environment says who holds it, since when, and which run."""
     _, first = deployer.deploy("v2.3 --env production --canary")
     reply = deployer.command("/deploy", "v2.4 --env production", ROOT)
-    assert "`production` is locked by alice" in reply and f"run `{first}`" in reply
+    assert "`production` is locked by <@U0ALICE01>" in reply and f"run `{first}`" in reply
     assert "since " in reply and " UTC" in reply
     assert run_count(deployer) == 1
 

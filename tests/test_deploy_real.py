@@ -82,7 +82,7 @@ def test_canary_with_two_approvals_goes_green(world: World, fake_slack: FakeSlac
         wait_until(lambda: "Succeeded" in run_message_text(fake_slack), 120, "the run to succeed")
         assert world.image() == f"{IMAGE}:v2.3" and not world.has_canary()
         text = run_message_text(fake_slack)
-        assert "approved by bob, carol" in text and "promoted" in text
+        assert "approved by <@U0BOB0002>, <@U0CAROL03>" in text and "promoted" in text
         actions = [r.action for r in records(bot.container.settings.database_url)]
         assert actions.count("deploy.start") == 1 and actions.count("deploy.analysis") >= 3
         assert actions.count("kubernetes.canary_weight") == 3 and "deploy.succeeded" in actions

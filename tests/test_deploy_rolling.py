@@ -88,7 +88,7 @@ def test_summary_says_no_approval_was_needed(rolled: tuple[Deployer, str]) -> No
     """Staging needs no approvals and the summary says so."""
     d, run_id = rolled
     text = d.message_text(run_id)
-    assert "Summary: requested by alice, no approval needed, took" in text and "approved by" not in text
+    assert "Summary: requested by <@U0ALICE01>, no approval needed, took" in text and "approved by" not in text
 
 
 # --- blue-green ------------------------------------------------------------------------------------------

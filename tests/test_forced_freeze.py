@@ -34,4 +34,4 @@ def test_forced_run_restores_the_freeze_and_tells_the_freezer(deployer: Deployer
     thread = "\n".join(str(m.get("text", "")) for m in deployer.fake.messages_in(run.channel))
     assert f"<@{ALICE}>: your freeze of staging was lifted for forced run `{run_id}` and is restored now" in thread
     assert [r["outcome"] for r in deployer.audit("lock.freeze_restored", run_id)] == ["ok"]
-    assert "locked by alice for a freeze" in deployer.command("/deploy", "v2.4 --env staging", ALICE)
+    assert "locked by <@U0ALICE01> for a freeze" in deployer.command("/deploy", "v2.4 --env staging", ALICE)
