@@ -1,5 +1,5 @@
-"""What `/stop-trading` and `/resume-trading` share as workflows: their plan lives in the run row as
-plain JSON (`steps`, `target`, …), their steps come from it, and their live message is one layout —
+"""What `/stop-trading` and `/resume-trading` share as workflows: a typed plan (`plans.py`) read from the
+run row, their steps come from it, and their live message is one layout —
 a header, facts, the reason, the steps, what was undone, the result with how long it took."""
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ class TradingWorkflow:
         self.backends = backends
         self.handlers: Mapping[str, Handler] = self.handler_table
 
-    # -- the plan: plain JSON in the run row --------------------------------------------------------
+    # -- the plan: typed, read from the run row's versioned JSON --------------------------------------
     def plan_of(self, run: Run) -> Any:
-        return run.plan
+        raise NotImplementedError
 
     def main_spec(self, run: Run, idx: int) -> StepSpec:
-        return StepSpec.from_json(run.plan["steps"][idx])
+        spec: StepSpec = self.plan_of(run).steps[idx]
+        return spec
 
     def undo_refused(self, run: Run, steps: Sequence[RunStep]) -> str | None:
         return None

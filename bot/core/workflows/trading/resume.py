@@ -18,7 +18,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,6 +37,7 @@ from bot.core.runs.workflow import Handler
 from bot.core.workflows.deploy.plan import plan_hash
 from bot.core.workflows.deploy.steps import plan_checks
 from bot.core.workflows.trading.base import TradingWorkflow
+from bot.core.workflows.trading.plans import ResumePlan, TradingTarget
 from bot.errors import Conflict
 from bot.ids import ActionId, encode_value
 from bot.persistence.models import Approval, Run, RunStep
@@ -47,26 +47,32 @@ KIND = "resume_trading"
 POLL = 0.5
 
 
+def _plan(ctx: StepContext) -> ResumePlan:
+    if not isinstance(ctx.plan, ResumePlan):
+        raise TypeError(f"a resume-trading step got a {type(ctx.plan).__name__} plan")
+    return ctx.plan
+
+
 def _checks(ctx: StepContext) -> list[Check]:
-    return plan_checks(ctx.plan["checks"], whole_service=True)  # no canary while trading resumes
+    return plan_checks(_plan(ctx).checks, whole_service=True)  # no canary while trading resumes
 
 
 def restore_replicas(ctx: StepContext) -> str | None:
-    previous: dict[str, int] = dict(ctx.plan.get("restore") or {})
+    previous: dict[str, int] = dict(_plan(ctx).restore)
     if not previous:
         return "nothing to restore: the kill switch was not used"
-    t = ctx.plan["target"]
+    t = _plan(ctx).target
     cluster = ctx.backends.cluster
     for name, replicas in previous.items():
-        if cluster.replicas(t["namespace"], name) != replicas:
-            cluster.scale(t["namespace"], name, replicas)
+        if cluster.replicas(t.namespace, name) != replicas:
+            cluster.scale(t.namespace, name, replicas)
         if name not in (ctx.data.get("scaled") or []):
             ctx.audit("kubernetes.kill_switch.restore", "ok", deployment=name, replicas=replicas)
-            ctx.effect(f"replicas:{t['namespace']}/{name}", f"{name} replicas", 0, replicas)
+            ctx.effect(f"replicas:{t.namespace}/{name}", f"{name} replicas", 0, replicas)
             ctx.save(scaled=[*(ctx.data.get("scaled") or []), name])
     for name in previous:
         while True:
-            status = cluster.rollout_status(WorkloadRef(t["namespace"], name, t["container"]))
+            status = cluster.rollout_status(WorkloadRef(t.namespace, name, t.container))
             if status.complete:
                 break
             if status.failed:
@@ -76,12 +82,13 @@ def restore_replicas(ctx: StepContext) -> str | None:
 
 
 def stages(ctx: StepContext) -> str | None:
-    fractions = [float(f) for f in ctx.plan["fractions"]]
-    window = float(ctx.plan["window_seconds"])
-    interval = min(float(ctx.plan["interval_seconds"]), max(1.0, window))
+    plan = _plan(ctx)
+    fractions = list(plan.fractions)
+    window = plan.window_seconds
+    interval = min(plan.interval_seconds, max(1.0, window))
     checks = _checks(ctx)
-    variables = {"namespace": ctx.plan["target"]["namespace"], "deployment": ctx.plan["target"]["deployment"],
-                 "canary": ctx.plan["target"]["deployment"], "version": "stable"}
+    variables = {"namespace": plan.target.namespace, "deployment": plan.target.deployment,
+                 "canary": plan.target.deployment, "version": "stable"}
     for i in range(int(ctx.data.get("stage", 0)), len(fractions)):
         fraction = fractions[i]
         if ctx.data.get("started") != i:
@@ -133,19 +140,23 @@ class ResumeTradingWorkflow(TradingWorkflow):
         super().__init__(config, backends)
         self.store: RunStore | None = None
 
+    def plan_of(self, run: Run) -> ResumePlan:
+        return ResumePlan.from_json(run.plan)
+
     def compensation(self, run: Run, steps: Sequence[RunStep]) -> list[StepSpec]:
         touched = any(s.kind == "stages" and s.status != StepStatus.pending.value for s in steps)
         return [StepSpec(0, "halt_again", "Halt trading again", timeout=60.0)] if touched else []
 
     def title(self, run: Run) -> str:
-        return f"Resume trading in {run.environment}" + (" (gradual)" if run.plan.get("gradual") else "")
+        return f"Resume trading in {run.environment}" + (" (gradual)" if self.plan_of(run).gradual else "")
 
     def render(self, run: Run, steps: Sequence[RunStep], approvals: Sequence[Approval]) -> Reply:
         state = RunState(run.state)
-        stages_text = " → ".join(f"{float(f):.0%}" for f in run.plan["fractions"])
-        window = float(run.plan["window_seconds"])
+        plan = self.plan_of(run)
+        stages_text = " → ".join(f"{f:.0%}" for f in plan.fractions)
+        window = plan.window_seconds
         facts = [("Stages", stages_text + (f", watching KPIs {describe_duration(window)} between stages"
-                                           if run.plan.get("gradual") and window else "")),
+                                           if plan.gradual and window else "")),
                  ("Approvals", f"{len(approvals)}/{run.approvals_required}"
                   + (": " + ", ".join(f"<@{a.user_id}>" for a in approvals) if approvals else ""))]
         value = {"run": run.id, "env": run.environment}
@@ -219,12 +230,10 @@ class ResumeTradingService:
                  StepSpec(1, "stages", "Resume trading " + " → ".join(f"{f:.0%}" for f in fractions)
                           + (f" (KPIs watched {describe_duration(window)} between stages)" if window else ""),
                           timeout=window * len(fractions) + 600.0, estimate=window * max(0, len(fractions) - 1))]
-        plan: dict[str, Any] = {
-            "v": 1, "gradual": gradual, "fractions": fractions, "window_seconds": window, "interval_seconds": interval,
-            "reason": reason, "requested_by": actor.user_id, "restore": restore,
-            "target": {"namespace": env.namespace, "deployment": env.deployment, "container": env.container},
-            "deployments": list(env.trading_deployments or [env.deployment]), "mode": "graceful",
-            "checks": [c.model_dump() for c in checks], "steps": [s.to_json() for s in steps]}
+        plan = ResumePlan(gradual, tuple(fractions), window, interval, reason, actor.user_id,
+                          TradingTarget(env.namespace, env.deployment, env.container),
+                          tuple(env.trading_deployments or [env.deployment]),
+                          tuple(c.model_dump() for c in checks), tuple(steps), restore).to_json()
         run_id = "r-" + secrets.token_hex(4)
         now = utcnow()
         state = RunState.pending_approval if required > 0 else RunState.queued

@@ -31,7 +31,7 @@ from bot import blocks
 from bot.config import Config
 from bot.core import halts
 from bot.core.model import Actor, Reply
-from bot.core.ports import TradingStatus, WorkloadRef
+from bot.core.ports import StopMode, TradingStatus, WorkloadRef
 from bot.core.runs.context import Skipped, StepContext, describe_duration
 from bot.core.runs.effects import Change
 from bot.core.runs.spec import RetryPolicy, StepSpec
@@ -39,6 +39,7 @@ from bot.core.runs.states import ACTIVE, Phase, RunState, StepStatus
 from bot.core.runs.store import RunStore, run_key
 from bot.core.runs.workflow import Handler
 from bot.core.workflows.trading.base import TradingWorkflow
+from bot.core.workflows.trading.plans import StopPlan, TradingTarget
 from bot.errors import BackendUnavailable, ChatOpsError
 from bot.persistence.models import Approval, Run, RunStep
 from bot.timeutil import utcnow
@@ -66,6 +67,12 @@ class StopSubject:
         return cls(str(data["mode"]))
 
 
+def _plan(ctx: StepContext) -> StopPlan:
+    if not isinstance(ctx.plan, StopPlan):
+        raise TypeError(f"a stop-trading step got a {type(ctx.plan).__name__} plan")
+    return ctx.plan
+
+
 def halted(status: TradingStatus) -> tuple[bool, str]:
     """Is trading verifiably halted? (no bot trading, no open order), and what the API shows."""
     orders = status.open_orders if status.open_orders is not None else status.detail.get("open_orders")
@@ -84,9 +91,9 @@ def _main_data(ctx: StepContext, kind: str) -> dict[str, Any]:
 
 # --- steps ------------------------------------------------------------------------------------------------
 def api_stop(ctx: StepContext) -> str | None:
-    mode = ctx.plan["mode"]
-    reason = f"/stop-trading by {ctx.plan['requested_by']} (run {ctx.run_id})" + (
-        f": {ctx.plan['reason']}" if ctx.plan.get("reason") else "")
+    plan = _plan(ctx)
+    mode = plan.mode
+    reason = f"/stop-trading by {plan.requested_by} (run {ctx.run_id})" + (f": {plan.reason}" if plan.reason else "")
     trading = ctx.backends.trading
     attempt = 0
     while True:  # retried here, not by the engine: when time is up the kill switch must still run
@@ -113,7 +120,7 @@ def api_stop(ctx: StepContext) -> str | None:
 
 
 def verify(ctx: StepContext) -> str | None:
-    seconds = float(ctx.plan["verify_seconds"])
+    seconds = _plan(ctx).verify_seconds
     end = time.monotonic() + max(0.0, seconds - float(ctx.data.get("waited", 0.0)))
     shown, last_error = "no answer", None
     while True:
@@ -137,10 +144,11 @@ def verify(ctx: StepContext) -> str | None:
 def kill_switch(ctx: StepContext) -> str | None:
     if _main_data(ctx, "verify").get("verified"):
         raise Skipped("not needed: the trading API shows the halt")
-    t = ctx.plan["target"]
-    ns, cluster = t["namespace"], ctx.backends.cluster
+    plan = _plan(ctx)
+    t = plan.target
+    ns, cluster = t.namespace, ctx.backends.cluster
     previous: dict[str, int] = dict(ctx.data.get("previous") or {})
-    for name in ctx.plan["deployments"]:
+    for name in plan.deployments:
         if name not in previous:
             previous[name] = cluster.replicas(ns, name)
             ctx.save(previous=previous)
@@ -152,15 +160,15 @@ def kill_switch(ctx: StepContext) -> str | None:
             ctx.save(scaled=[*(ctx.data.get("scaled") or []), name])
     while True:  # no pod may be left running
         left = {}
-        for name in ctx.plan["deployments"]:
-            status = cluster.rollout_status(WorkloadRef(ns, name, t["container"]))
+        for name in plan.deployments:
+            status = cluster.rollout_status(WorkloadRef(ns, name, t.container))
             if status.available or status.desired:
                 left[name] = status.available
         if not left:
             break
         ctx.wait(POLL)
     ctx.audit("kubernetes.kill_switch", "ok", previous=previous)
-    return "kill switch: " + ", ".join(f"{n} scaled {previous[n]} → 0" for n in ctx.plan["deployments"])
+    return "kill switch: " + ", ".join(f"{n} scaled {previous[n]} → 0" for n in plan.deployments)
 
 
 HANDLERS: dict[str, Handler] = {"api_stop": api_stop, "verify": verify, "kill_switch": kill_switch}
@@ -174,6 +182,9 @@ class StopTradingWorkflow(TradingWorkflow):
     compensates = False
     deadline_seconds = 60.0
     handler_table = HANDLERS
+
+    def plan_of(self, run: Run) -> StopPlan:
+        return StopPlan.from_json(run.plan)
 
     def compensation(self, run: Run, steps: Sequence[RunStep]) -> list[StepSpec]:
         return []  # a stop is never undone by the engine: /resume-trading does that, deliberately
@@ -221,10 +232,11 @@ class StopTradingWorkflow(TradingWorkflow):
             out.append(f"trading API: {'halted' if ok else 'NOT halted'} ({shown})")
         except ChatOpsError as exc:
             out.append(f"trading API: unknown ({exc.message})")
-        t = run.plan["target"]
-        for name in run.plan["deployments"]:
+        plan = self.plan_of(run)
+        t = plan.target
+        for name in plan.deployments:
             try:
-                out.append(f"{name} replicas: {backends.cluster.replicas(t['namespace'], name)}")
+                out.append(f"{name} replicas: {backends.cluster.replicas(t.namespace, name)}")
             except ChatOpsError as exc:
                 out.append(f"{name} replicas: unknown ({exc.message})")
         return out
@@ -252,7 +264,7 @@ class StopTradingService:
             self.store.thread(session, running, f"{actor.mention} asked to stop trading too; joined this run.")
             return Reply(f"A stop of trading in {env_name} is already running (run `{running.id}`); you joined it. "
                          f"Follow it in <#{running.channel}>.")
-        mode = "emergency" if emergency else "graceful"
+        mode: StopMode = "emergency" if emergency else "graceful"
         run_id = "r-" + secrets.token_hex(4)
         verify_timeout = float(env.stop_verify_seconds)
         steps = [StepSpec(0, "api_stop", f"Stop trading ({mode}) through the trading API", timeout=API_STOP_SECONDS,
@@ -261,11 +273,9 @@ class StopTradingService:
                           estimate=2.0),
                  StepSpec(2, "kill_switch", "Kill switch: scale trading to 0 if not verified", timeout=300.0,
                           estimate=0.0)]
-        plan = {"v": 1, "mode": mode, "reason": reason, "requested_by": actor.user_id,
-                "verify_seconds": verify_timeout,
-                "target": {"namespace": env.namespace, "deployment": env.deployment, "container": env.container},
-                "deployments": list(env.trading_deployments or [env.deployment]),
-                "steps": [s.to_json() for s in steps]}
+        plan = StopPlan(mode, reason, actor.user_id, verify_timeout,
+                        TradingTarget(env.namespace, env.deployment, env.container),
+                        tuple(env.trading_deployments or [env.deployment]), tuple(steps)).to_json()
         now = utcnow()
         run = Run(id=run_id, kind=KIND, environment=env_name, subject=StopSubject(mode).to_json(), dry_run=False,
                   reason=reason, requested_by=actor.user_id, requested_name=actor.name, channel=env.channels.deploy,
