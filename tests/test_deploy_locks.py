@@ -63,7 +63,7 @@ def test_admin_force_deploys_through_a_freeze_loudly(deployer: Deployer) -> None
     assert "queued" in reply
     info = holder(deployer)
     assert info is not None and info.kind == "run" and info.run_id == run_id
-    assert any("BREAK-GLASS" in t and "root forced a deploy of v2.3" in t and "quarter-end close" in t
+    assert any("BREAK-GLASS" in t and "<@U0ROOT006> forced a deploy of v2.3" in t and "quarter-end close" in t
                for t in deployer.channel_texts(PROD_DEPLOY))
     [record] = deployer.audit("lock.break_glass", run_id)
     assert record["actor_id"] == ROOT and "quarter-end close" in record["args"]["broke_lock"]

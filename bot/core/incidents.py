@@ -197,7 +197,7 @@ class IncidentService:
         alerts = self.config.environments[env_name].channels.incident
         if alerts:
             self.outbox.alert(session, alerts, Reply(
-                f":rotating_light: {label(incident)} (SEV{severity}) declared in {env_name} by {actor.label}: "
+                f":rotating_light: {label(incident)} (SEV{severity}) declared in {env_name} by {actor.mention}: "
                 f"{user_text(title)} — channel #{names[0]}", ephemeral=False))
         return incident, Reply(
             f"Declared {label(incident)} (SEV{severity}, {env_name}): channel #{names[0]} is being created and "

@@ -151,7 +151,7 @@ class DeployService:
         if broke is not None:
             self.audit(session, run, actor, "lock.break_glass", "forced", broke_lock=broke.describe(markup=False))
             self.outbox.post(session, run.channel, Reply(
-                f":rotating_light: *BREAK-GLASS*: {actor.label} forced a deploy of {version} to {env_name} through "
+                f":rotating_light: *BREAK-GLASS*: {actor.mention} forced a deploy of {version} to {env_name} through "
                 f"the freeze ({broke.describe()}).", ephemeral=False))
         if state == RunState.queued:
             self.store.wake_after_commit(session)
@@ -289,7 +289,7 @@ class DeployService:
             self.transition(session, run, RunState.aborted)
             run.abort_requested_by = actor.user_id
             run.finished_at = utcnow()
-            run.outcome = f"aborted by {actor.label} before anything changed"
+            run.outcome = f"aborted by {actor.mention} before anything changed"
             locks.release(session, run.environment, run_id=run.id)
             self.audit(session, run, actor, f"{prefix}.abort", "aborted", state_before=state.value)
             self.refresh_message(session, run)

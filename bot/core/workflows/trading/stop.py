@@ -291,7 +291,7 @@ class StopTradingService:
         self.store.audit(session, run, actor, "trading.stop.requested", "queued", mode=mode, reason=reason)
         self.store.outbox.post(session, run.channel, self.store.workflow(run).render(run, self.store.steps(
             session, run_id), []), key=run_key(run_id))
-        self.store.alert(session, run, f"🛑 {actor.label} is stopping trading in {env_name} ({mode})"
+        self.store.alert(session, run, f"🛑 {actor.mention} is stopping trading in {env_name} ({mode})"
                                        + (f": {blocks.user_text(reason)}" if reason else ""))
         self.store.wake_after_commit(session)
         where = "" if channel_id == run.channel else f" in <#{run.channel}>"
