@@ -240,7 +240,7 @@ async def alertmanager_webhook(request: Request) -> Response:
                                  "detail": exc.detail}, status_code=400)
         return gate.count(await _refused(gate, client, exc.reason, exc.detail, response), path)
     try:
-        result = await asyncio.to_thread(container.core.alerts.accept, notification)
+        result = await asyncio.wrap_future(container.core.alerts.submit(notification))
     except BackendUnavailable as exc:  # Alertmanager retries a 5xx: nothing is lost
         log.error("Alertmanager notification not stored, database unavailable: %s", exc)
         metrics.alerts_rejected.labels("backend_unavailable").inc()

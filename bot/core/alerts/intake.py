@@ -12,7 +12,8 @@ lines, posts of their own, are never held back.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.config import Config
+from bot.core.alerts.batch import IntakeBatcher
 from bot.core.alerts.hooks import ActionsProvider, AlertEvent, AlertHooks, root_actions
 from bot.core.alerts.payload import Alert, Notification
 from bot.core.alerts.render import render_changes, render_root
@@ -29,6 +31,7 @@ from bot.core.model import new_correlation_id
 from bot.core.unit_of_work import ALERTMANAGER, Work, unit_of_work
 from bot.outbox import Outbox
 from bot.persistence.db import Database
+from bot.persistence.idempotency import claim
 from bot.persistence.models import AlertGroup, AlertInstance, SlackMessage
 from bot.timeutil import aware, utcnow
 
@@ -93,6 +96,12 @@ class AlertIntake:
         self.clock = clock
         self.hooks = AlertHooks()
         self.actions: ActionsProvider = root_actions
+        self.batcher: IntakeBatcher[IngestResult] = IntakeBatcher(self.accept_many)
+
+    def submit(self, notification: Notification) -> Future[IngestResult]:
+        """The webhook's way in: `accept()` as part of the next group commit (see `batch.py`); the future's
+        result is the `IngestResult`, or the exception that refused the delivery."""
+        return self.batcher.submit(notification)
 
     def accept(self, notification: Notification) -> IngestResult:
         """The unit of work of one webhook delivery (raises `BackendUnavailable` when the database is down)."""
@@ -101,6 +110,24 @@ class AlertIntake:
             if work is None:
                 return IngestResult(duplicate=True)
             return self.ingest(work, notification)
+
+    def accept_many(self, notifications: Sequence[Notification]) -> list[IngestResult | Exception]:
+        """`accept()` for a batch (the webhook's group commit, `batch.IntakeBatcher`): one transaction, each
+        notification in a savepoint of its own. Per notification its `IngestResult`, or the exception that
+        refused it (its part rolled back, the others kept); an exception from the commit itself is raised."""
+        outcomes: list[IngestResult | Exception] = []
+        with self.db.transaction() as session:
+            for n in notifications:
+                key = n.dedup_key()
+                try:
+                    with session.begin_nested():
+                        if not claim(session, key, "alertmanager"):
+                            outcomes.append(IngestResult(duplicate=True))
+                            continue
+                        outcomes.append(self.ingest(Work(session, key, ALERTMANAGER, new_correlation_id()), n))
+                except Exception as exc:  # noqa: BLE001 - this delivery's own failure, answered to it
+                    outcomes.append(exc)
+        return outcomes
 
     def refresh_root(self, session: Session, grp: AlertGroup) -> None:
         """Enqueue an update of the root with the group's present state (after an ack, a silence, ...)."""
