@@ -12,7 +12,7 @@ from bot.core.checklists import RUNBOOK_POST_ROLLBACK
 from bot.core.runs.store import run_key
 from bot.persistence.models import ChecklistItem, SlackMessage
 from tests.harness.slack_api import FakeSlack
-from tests.test_deploy_support import NEW_IMAGE, start_deploy_bot
+from tests.test_deploy_support import NEW_IMAGE, start_deploy_bot, wait_until
 from tests.test_incidents_support import (  # noqa: F401  (fixtures)
     ALICE,
     BOB,
@@ -97,6 +97,11 @@ def test_a_forged_or_malformed_button_is_a_usage_error(responder: Responder) -> 
     checklist = f"incident:{responder.declare()}"
     from tests.harness.signing import block_actions_body
 
+    def posted() -> bool:  # the reply comes straight back; the checklist's post goes through the outbox
+        with responder.container.db.read() as session:
+            return session.get(SlackMessage, f"checklist:{checklist}") is not None
+
+    wait_until(posted, 15, "the checklist to be posted")
     with responder.container.db.read() as session:
         row = session.get(SlackMessage, f"checklist:{checklist}")
         assert row is not None
