@@ -28,8 +28,10 @@ def test_real_alertmanager_fires_and_resolves_a_thread(alert_bot: RunningBot, sl
     assert "HIGH · FIRING: HighErrorRate" in root["text"]
     assert am.url in str(root["blocks"])  # the silence link points at this Alertmanager
     am.resolve(LABELS, {"summary": "5xx above 5%", "runbook_url": "https://runbooks.local/5xx"})
-    wait_until(lambda: slack.message(STAGING_INCIDENT, root["ts"])["text"].startswith("RESOLVED"), timeout=20,
-               what="root resolved")
+    # the root's update is sent before the thread line (one channel, in order): wait for both
+    wait_until(lambda: slack.message(STAGING_INCIDENT, root["ts"])["text"].startswith("RESOLVED")
+               and "All resolved" in thread(slack, STAGING_INCIDENT, root["ts"])[-1]["text"], timeout=20,
+               what="root and thread resolved")
     lines = thread(slack, STAGING_INCIDENT, root["ts"])
     assert "All resolved" in lines[-1]["text"] and len(roots(slack, STAGING_INCIDENT)) == 1
     with alert_bot.container.db.read() as s:
