@@ -4,6 +4,7 @@ a header, facts, the reason, the steps, what was undone, the result with how lon
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from bot.persistence.models import Run, RunStep
 from bot.timeutil import aware
 
 
-class TradingWorkflow:
+class TradingWorkflow(ABC):
     """Base of the trading workflows. Subclasses set `kind`, `audit_prefix`, `icon`, `handlers`,
     `compensates`, `deadline_seconds` and write `title` and their outcomes."""
 
@@ -38,8 +39,9 @@ class TradingWorkflow:
         self.handlers: Mapping[str, Handler] = self.handler_table
 
     # -- the plan: typed, read from the run row's versioned JSON --------------------------------------
+    @abstractmethod
     def plan_of(self, run: Run) -> Any:
-        raise NotImplementedError
+        """The run's typed plan (`plans.StopPlan`, `plans.ResumePlan`), read from its stored JSON."""
 
     def main_spec(self, run: Run, idx: int) -> StepSpec:
         spec: StepSpec = self.plan_of(run).steps[idx]
@@ -54,8 +56,9 @@ class TradingWorkflow:
     def rollback_deadline(self, run: Run) -> float:
         return self.deadline_seconds
 
+    @abstractmethod
     def title(self, run: Run) -> str:
-        raise NotImplementedError
+        """"Stop trading in production", "Resume trading in staging (gradual)"."""
 
     def final_alert(self, run: Run, state: RunState) -> str | None:
         return f"{self.icon} {self.title(run)}: {run.outcome}"
